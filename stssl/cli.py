@@ -1,0 +1,119 @@
+"""Command-line entry points: ``stssl-train`` (LightningCLI). ``stssl-world`` lives in :mod:`stssl.worlds.cli`.
+
+``stssl-train`` with no arguments runs the embedded default job (``fit`` on a small rendered driving world);
+``stssl-train fit --config configs/pretrain/vcop_tiny.yaml`` runs a config; ``--print_config`` shows the full,
+composable YAML. The constructor signatures of :class:`~stssl.modules.SSLModule` and
+:class:`~stssl.data.ClipDataModule` are the config schema.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+__all__ = ["STSSLCLI", "train_main", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL: dict[str, Any] = {
+    "encoder": {"class_path": "stssl.encoders.ResNet3D", "init_args": {"arch": "r3d", "width": 16, "layers": [1, 1, 1, 1]}},
+    "tasks": [{"class_path": "stssl.tasks.VCOPTask", "init_args": {"num_clips": 3, "clip_len": 4, "hidden": 128}}],
+}
+
+
+def _registry_listing() -> str:
+    from stssl.encoders import ENCODERS
+    from stssl.tasks import TASKS
+
+    return (
+        "Encoders (stssl.encoders.build_encoder names): " + ", ".join(sorted(ENCODERS)) + ".\n"
+        "Tasks (class_path stssl.tasks.<Class>): "
+        + ", ".join(f"{name} ({cls.__name__})" for name, cls in sorted(TASKS.items()))
+        + ".\nWith no arguments, runs the default job: `fit` on a small rendered driving world."
+    )
+
+
+class STSSLCLI(LightningCLI):
+    """LightningCLI with stssl's defaults: the embedded model, TensorBoard + CSV logs in one run directory,
+    ``metrics.json``, sample images and a closing summary."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.set_defaults({f"model.{k}": v for k, v in DEFAULT_MODEL.items()})
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        from stssl.modules.callbacks import ClipImages, MetricsJSON
+
+        root = Path(config.get("default_root_dir") or "runs")
+        config["default_root_dir"] = str(root)
+        if config.get("logger") in (None, True):
+            tb = TensorBoardLogger(save_dir=str(root), name="", default_hp_metric=False)
+            csv = CSVLogger(save_dir=str(root), name="", version=tb.version)
+            config["logger"] = [tb, csv]
+        existing = {type(c) for c in (config.get("callbacks") or [])} | {type(c) for c in callbacks}
+        for cb in (MetricsJSON(), ClipImages()):
+            if type(cb) not in existing:
+                callbacks.append(cb)
+        if ModelCheckpoint not in existing and config.get("enable_checkpointing", True) is not False:
+            callbacks.append(ModelCheckpoint(save_last=True, monitor=None))
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        self._print_summary("fit")
+
+    def after_validate(self) -> None:
+        self._print_summary("validate")
+
+    def after_test(self) -> None:
+        self._print_summary("test")
+
+    def _print_summary(self, stage: str) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        from stssl.modules.callbacks import run_dir
+
+        out = run_dir(trainer)
+        metrics_path = out / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        ckpt_dir = None
+        if trainer.checkpoint_callback is not None:
+            ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
+        lines = [
+            "",
+            f"stssl-train {stage}: done",
+            f"  run directory : {out}",
+            f"  checkpoints   : {ckpt_dir or '(none)'}",
+            f"  metrics       : {metrics_path} ; CSV {out / 'metrics.csv'}",
+            f"  tensorboard   : tensorboard --logdir {out}",
+            f"  images        : {out / 'images'}",
+            "  final metrics :",
+        ]
+        shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "train/")) and not k.endswith("_step")}
+        lines += [f"    {k:<28s} {v:.4f}" for k, v in sorted(shown.items())] or ["    (none logged)"]
+        print("\n".join(lines), flush=True)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """Entry point of ``stssl-train``."""
+    from stssl.data import ClipDataModule
+    from stssl.modules import SSLModule
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        args = ["fit"]
+    STSSLCLI(
+        SSLModule,
+        ClipDataModule,
+        args=args,
+        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 10},
+        parser_kwargs={"description": "stssl-train: self-supervised training on video.\n" + _registry_listing()},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    train_main()

@@ -1,0 +1,26 @@
+"""Shared tiny fixtures. Tests run on CPU with B=2, T<=12, 32x32 clips."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("STSSL_CHECKS", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_video() -> torch.Tensor:
+    """A seeded random clip batch ``(2, 3, 12, 32, 32)`` in [0, 1]."""
+    return torch.rand(2, 3, 12, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def moving_video() -> torch.Tensor:
+    """``(2, 3, 12, 32, 32)``: a textured pattern translating one pixel per frame (so order is observable)."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(2, 3, 32, 64, generator=g)
+    frames = [base[..., t : t + 32] for t in range(12)]
+    return torch.stack(frames, dim=2)
