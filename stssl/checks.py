@@ -69,7 +69,7 @@ def check_shape(
 
     if len(letters) != len(shape):
         raise fail()
-    for letter, size in zip(letters, shape):
+    for letter, size in zip(letters, shape, strict=True):
         if letter in ("*", "_"):
             continue
         if letter.isdigit():

@@ -104,7 +104,7 @@ class ResNet3D(Encoder):
         channels = []
         strides = []
         t_stride, s_stride = 1, 2
-        for i, (n_blocks, builder) in enumerate(zip(layers, builders)):
+        for i, (n_blocks, builder) in enumerate(zip(layers, builders, strict=True)):
             planes = width * 2**i
             stride = 1 if i == 0 else 2
             downsample = None

@@ -82,6 +82,6 @@ class ClipImages(L.Callback):
 
         write_png((grid * 255).round().to(torch.uint8), str(out_dir / f"val_clips_epoch{trainer.current_epoch:03d}.png"))
         for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("val/clips", grid, global_step=trainer.global_step)
+            add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
+            if add_image is not None:
+                add_image("val/clips", grid, global_step=trainer.global_step)

@@ -18,7 +18,7 @@ def test_registry_contract_shapes_grads(name: str) -> None:
     out = enc(video)
     assert isinstance(out, EncoderOutput)
     assert len(out.pyramid) == len(enc.spec.channels)
-    for feat, ch, (st, sh, sw) in zip(out.pyramid, enc.spec.channels, enc.spec.strides):
+    for feat, ch, (st, sh, sw) in zip(out.pyramid, enc.spec.channels, enc.spec.strides, strict=True):
         assert feat.shape[:2] == (2, ch)
         # each stage's size is the input size over its stride (ceil: convs pad)
         assert tuple(feat.shape[2:]) == (-(-8 // st), -(-32 // sh), -(-32 // sw)), (name, feat.shape, (st, sh, sw))
