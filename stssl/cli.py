@@ -17,12 +17,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-__all__ = ["STSSLCLI", "train_main", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "STSSLCLI", "train_main"]
 
 DEFAULT_MODEL: dict[str, Any] = {
     "encoder": {"class_path": "stssl.encoders.ResNet3D", "init_args": {"arch": "r3d", "width": 16, "layers": [1, 1, 1, 1]}},
     "tasks": [{"class_path": "stssl.tasks.VCOPTask", "init_args": {"num_clips": 3, "clip_len": 4, "hidden": 128}}],
+    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-4}},
 }
+DEFAULT_DATA: dict[str, Any] = {"clip_len": 12}
 
 
 def _registry_listing() -> str:
@@ -43,6 +45,7 @@ class STSSLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
         parser.set_defaults({f"model.{k}": v for k, v in DEFAULT_MODEL.items()})
+        parser.set_defaults({f"data.{k}": v for k, v in DEFAULT_DATA.items()})
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         from stssl.modules.callbacks import ClipImages, MetricsJSON
@@ -71,12 +74,12 @@ class STSSLCLI(LightningCLI):
         self._print_summary("test")
 
     def _print_summary(self, stage: str) -> None:
-        trainer = self.trainer
-        if not trainer.is_global_zero:
-            return
         from stssl.modules.callbacks import run_dir
 
-        out = run_dir(trainer)
+        trainer = self.trainer
+        out = run_dir(trainer)  # on every rank: a collective under DDP
+        if not trainer.is_global_zero:
+            return
         metrics_path = out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         ckpt_dir = None
@@ -92,7 +95,8 @@ class STSSLCLI(LightningCLI):
             f"  images        : {out / 'images'}",
             "  final metrics :",
         ]
-        shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "train/")) and not k.endswith("_step")}
+        shown = {k.removesuffix("_epoch"): v for k, v in metrics.items()
+                 if k.startswith(("val/", "test/")) or (k.startswith("train/") and k.endswith("_epoch"))}
         lines += [f"    {k:<28s} {v:.4f}" for k, v in sorted(shown.items())] or ["    (none logged)"]
         print("\n".join(lines), flush=True)
 
@@ -102,9 +106,9 @@ def train_main(argv: list[str] | None = None) -> None:
     from stssl.data import ClipDataModule
     from stssl.modules import SSLModule
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        args = ["fit"]
+    args = argv
+    if argv is None and not sys.argv[1:]:
+        args = ["fit"]  # the embedded default job
     STSSLCLI(
         SSLModule,
         ClipDataModule,
@@ -112,6 +116,7 @@ def train_main(argv: list[str] | None = None) -> None:
         trainer_defaults={"max_epochs": 10, "log_every_n_steps": 10},
         parser_kwargs={"description": "stssl-train: self-supervised training on video.\n" + _registry_listing()},
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
     )
 
 

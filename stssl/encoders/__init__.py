@@ -5,6 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from stssl.encoders.base import Encoder
+from stssl.encoders.frame2d import (
+    FrameEncoder2D,
+    resnet18_2d,
+    resnet18_2d_tiny,
+    resnet34_2d,
+    resnet50_2d,
+    resnet50_2d_tiny,
+)
 from stssl.encoders.resnet3d import (
     ResNet3D,
     mc3_18,
@@ -15,7 +23,7 @@ from stssl.encoders.resnet3d import (
     r3d_tiny,
 )
 
-__all__ = ["ENCODERS", "Encoder", "ResNet3D", "build_encoder"]
+__all__ = ["ENCODERS", "Encoder", "FrameEncoder2D", "ResNet3D", "build_encoder"]
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "r3d_18": r3d_18,
@@ -24,6 +32,11 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "r3d_tiny": r3d_tiny,
     "mc3_tiny": mc3_tiny,
     "r2plus1d_tiny": r2plus1d_tiny,
+    "resnet18_2d": resnet18_2d,
+    "resnet34_2d": resnet34_2d,
+    "resnet50_2d": resnet50_2d,
+    "resnet18_2d_tiny": resnet18_2d_tiny,
+    "resnet50_2d_tiny": resnet50_2d_tiny,
 }
 
 

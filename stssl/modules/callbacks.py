@@ -14,7 +14,11 @@ __all__ = ["ClipImages", "MetricsJSON", "run_dir"]
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's directory: the first logger's ``log_dir``, else ``trainer.default_root_dir``."""
+    """The run's directory: the first logger's ``log_dir``, else ``trainer.default_root_dir``.
+
+    Under DDP ``trainer.log_dir`` is a collective (rank 0 broadcasts it): call this on every rank, before any
+    ``is_global_zero`` check, or the ranks deadlock.
+    """
     log_dir = trainer.log_dir
     return Path(log_dir if log_dir is not None else trainer.default_root_dir)
 
@@ -34,13 +38,15 @@ class MetricsJSON(L.Callback):
     end of fit/validate/test, so an interrupted run still leaves its last figures."""
 
     def _write(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
+            return
+        path = run_dir(trainer) / "metrics.json"  # on every rank: a collective under DDP
+        if not trainer.is_global_zero:
             return
         metrics = _scalar_metrics(trainer.callback_metrics)
         metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
         metrics["epoch"] = trainer.current_epoch
         metrics["global_step"] = trainer.global_step
-        path = run_dir(trainer) / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -70,13 +76,15 @@ class ClipImages(L.Callback):
         self.max_frames = max_frames
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        if batch_idx != 0 or trainer.sanity_checking:
+            return
+        out_dir = run_dir(trainer) / "images"  # on every rank: a collective under DDP
+        if not trainer.is_global_zero:
             return
         video = batch["video"][: self.max_clips, :, : self.max_frames].detach().float().cpu()
         if video.max() > 1.5:
             video = video / 255.0
         grid = rearrange(video.clamp(0, 1), "B C T H W -> C (B H) (T W)")
-        out_dir = run_dir(trainer) / "images"
         out_dir.mkdir(parents=True, exist_ok=True)
         from torchvision.io import write_png
 

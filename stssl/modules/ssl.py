@@ -89,6 +89,7 @@ class SSLModule(L.LightningModule):
         if not self._checked:
             check_batch(batch, self.requires, what=f"{stage} batch")
             self._checked = True
+        train = stage == "train"
         total = batch["video"].new_zeros(())
         bsz = batch["video"].shape[0]
         for i, task in enumerate(self.tasks):
@@ -105,8 +106,9 @@ class SSLModule(L.LightningModule):
             total = total + task.weight * out.loss
             for key, value in out.logs.items():
                 self.log(f"{stage}/{task.name}/{key}", value, batch_size=bsz, prog_bar=(key == "acc"),
-                         on_step=stage == "train", on_epoch=True)
-        self.log(f"{stage}/loss", total.detach(), batch_size=bsz, prog_bar=True, on_step=stage == "train", on_epoch=True)
+                         on_step=train, on_epoch=True, sync_dist=not train)
+        self.log(f"{stage}/loss", total.detach(), batch_size=bsz, prog_bar=True, on_step=train, on_epoch=True,
+                 sync_dist=not train)
         return total
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
