@@ -9,7 +9,9 @@ composable YAML. The constructor signatures of :class:`~stssl.modules.SSLModule`
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ DEFAULT_MODEL: dict[str, Any] = {
     "tasks": [{"class_path": "stssl.tasks.VCOPTask", "init_args": {"num_clips": 3, "clip_len": 4, "hidden": 128}}],
     "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-4}},
 }
-DEFAULT_DATA: dict[str, Any] = {"clip_len": 12}
+DEFAULT_DATA: dict[str, Any] = {"clip_len": 12, "clips_per_video": 32}
 
 
 def _registry_listing() -> str:
@@ -53,6 +55,8 @@ class STSSLCLI(LightningCLI):
         root = Path(config.get("default_root_dir") or "runs")
         config["default_root_dir"] = str(root)
         if config.get("logger") in (None, True):
+            # TensorBoard and CSV share the run directory on purpose; CSVLogger warns that it is not empty.
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
             tb = TensorBoardLogger(save_dir=str(root), name="", default_hp_metric=False)
             csv = CSVLogger(save_dir=str(root), name="", version=tb.version)
             config["logger"] = [tb, csv]
@@ -106,6 +110,12 @@ def train_main(argv: list[str] | None = None) -> None:
     from stssl.data import ClipDataModule
     from stssl.modules import SSLModule
 
+    _log = logging.getLogger("stssl")  # stssl's own progress messages (world rendering, skipped files)
+    if not _log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[stssl] %(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(logging.INFO)
     args = argv
     if argv is None and not sys.argv[1:]:
         args = ["fit"]  # the embedded default job

@@ -86,9 +86,10 @@ class ClipImages(L.Callback):
             video = video / 255.0
         grid = rearrange(video.clamp(0, 1), "B C T H W -> C (B H) (T W)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        from torchvision.io import write_png
+        from PIL import Image
 
-        write_png((grid * 255).round().to(torch.uint8), str(out_dir / f"val_clips_epoch{trainer.current_epoch:03d}.png"))
+        pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        Image.fromarray(pixels).save(out_dir / f"val_clips_epoch{trainer.current_epoch:03d}.png")
         for logger in trainer.loggers:
             add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
             if add_image is not None:

@@ -115,6 +115,9 @@ class VCOPTask(PretextTask):
         gap: frames between clips.
         hidden: width of the pairwise relation layer.
         dropout: dropout before the classifier.
+        pool_grid: ``(h, w)`` cells the clip feature keeps from the encoder's dense map (average pooled over time
+            and each cell). ``(1, 1)`` is the paper's global pooling; a coarse grid keeps where things are, which
+            makes order observable from forward motion (objects drift outwards as the camera advances).
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
     Logs ``loss`` and ``acc`` (top-1 order accuracy).
@@ -129,6 +132,7 @@ class VCOPTask(PretextTask):
         gap: int = 0,
         hidden: int = 256,
         dropout: float = 0.5,
+        pool_grid: tuple[int, int] = (1, 1),
         weight: float = 1.0,
         name: str | None = None,
         seed: int = 0,
@@ -139,6 +143,9 @@ class VCOPTask(PretextTask):
         self.gap = gap
         self.hidden = hidden
         self.dropout = dropout
+        self.pool_grid = (int(pool_grid[0]), int(pool_grid[1]))
+        if min(self.pool_grid) < 1:
+            raise ValueError(f"VCOPTask: pool_grid must be two positive ints, got {pool_grid}")
         self.num_orders = math.factorial(num_clips)
         order_permutations(num_clips)  # validates num_clips
         self.pairs = list(itertools.combinations(range(num_clips), 2))
@@ -150,7 +157,8 @@ class VCOPTask(PretextTask):
         return TaskRequirements(min_frames=self.num_clips * self.clip_len + (self.num_clips - 1) * self.gap)
 
     def build(self, spec: EncoderSpec) -> None:
-        self.pair_head = nn.Sequential(nn.Linear(2 * spec.dim, self.hidden), nn.ReLU(inplace=True))
+        feat_dim = spec.dim * self.pool_grid[0] * self.pool_grid[1]
+        self.pair_head = nn.Sequential(nn.Linear(2 * feat_dim, self.hidden), nn.ReLU(inplace=True))
         self.classifier = nn.Sequential(
             nn.Dropout(self.dropout), nn.Linear(self.hidden * len(self.pairs), self.num_orders)
         )
@@ -161,7 +169,12 @@ class VCOPTask(PretextTask):
         video = batch["video"]
         gen = generator if generator is not None else self.next_generator(video.device)
         vb = make_vcop_batch(video, self.num_clips, self.clip_len, self.gap, generator=gen)
-        feats = encoder(rearrange(vb.clips, "B n C L H W -> (B n) C L H W")).pooled
+        out = encoder(rearrange(vb.clips, "B n C L H W -> (B n) C L H W"))
+        if self.pool_grid == (1, 1):
+            feats = out.pooled
+        else:
+            cells = nn.functional.adaptive_avg_pool3d(out.dense, (1, *self.pool_grid))
+            feats = rearrange(cells, "Bn D 1 h w -> Bn (D h w)")
         feats = rearrange(feats, "(B n) D -> B n D", n=self.num_clips)
         relations = [self.pair_head(torch.cat([feats[:, i], feats[:, j]], dim=1)) for i, j in self.pairs]
         logits = self.classifier(torch.cat(relations, dim=1))

@@ -21,15 +21,19 @@ temporary sibling and renamed into place (:func:`ensure_world`), so a folder wit
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Scene",
@@ -390,6 +394,8 @@ def ensure_world(name: str, root: str | Path, *, frames: int, height: int, width
     if final.is_dir() and all((final / f).is_file() for f in REQUIRED_FILES):
         return final
     root.mkdir(parents=True, exist_ok=True)
+    logger.info("rendering the %s world (seed %d, %d frames, %dx%d) into %s", name, seed, frames, height, width, final)
+    started = time.perf_counter()
     scene = WORLDS[name](frames=frames, height=height, width=width, seed=seed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=root))
     try:
@@ -399,6 +405,7 @@ def ensure_world(name: str, root: str | Path, *, frames: int, height: int, width
                 return final
             shutil.rmtree(final)
         os.replace(tmp, final)
+        logger.info("rendered %s in %.1f s", final.name, time.perf_counter() - started)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
