@@ -21,12 +21,17 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 __all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "STSSLCLI", "train_main"]
 
+# The embedded default job (``stssl-train`` with no arguments): self-supervised depth + ego-motion on the driving
+# world, as configs/depth_motion/driving_world.yaml. VCOP and the other tasks are one --config away.
 DEFAULT_MODEL: dict[str, Any] = {
-    "encoder": {"class_path": "stssl.encoders.ResNet3D", "init_args": {"arch": "r3d", "width": 16, "layers": [1, 1, 1, 1]}},
-    "tasks": [{"class_path": "stssl.tasks.VCOPTask", "init_args": {"num_clips": 3, "clip_len": 4, "hidden": 128}}],
-    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-4}},
+    "encoder": {"class_path": "stssl.encoders.FrameEncoder2D",
+                "init_args": {"block": "basic", "width": 16, "layers": [1, 1, 1, 1]}},
+    "tasks": [{"class_path": "stssl.tasks.DepthMotionTask",
+               "init_args": {"offsets": [-1, 1], "frame_offsets": [-1, 0, 1], "min_depth": 0.1, "max_depth": 100.0,
+                             "pose_net": "posenet_tiny", "decoder_channels": "tiny", "translation_scale": 5.0}}],
+    "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 5e-4}},
 }
-DEFAULT_DATA: dict[str, Any] = {"clip_len": 12, "clips_per_video": 32}
+DEFAULT_DATA: dict[str, Any] = {"offsets": [-1, 0, 1], "clips_per_video": 32, "crop_scale": [0.8, 1.0]}
 
 
 def _registry_listing() -> str:
@@ -37,7 +42,7 @@ def _registry_listing() -> str:
         "Encoders (stssl.encoders.build_encoder names): " + ", ".join(sorted(ENCODERS)) + ".\n"
         "Tasks (class_path stssl.tasks.<Class>): "
         + ", ".join(f"{name} ({cls.__name__})" for name, cls in sorted(TASKS.items()))
-        + ".\nWith no arguments, runs the default job: `fit` on a small rendered driving world."
+        + ".\nWith no arguments, runs the default job: self-supervised depth + ego-motion (`fit`) on a small rendered\ndriving world, evaluated against its ground-truth depth and poses."
     )
 
 
@@ -50,7 +55,7 @@ class STSSLCLI(LightningCLI):
         parser.set_defaults({f"data.{k}": v for k, v in DEFAULT_DATA.items()})
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
-        from stssl.modules.callbacks import ClipImages, MetricsJSON
+        from stssl.modules import ClipImages, DepthPoseEvaluator, MetricsJSON
 
         root = Path(config.get("default_root_dir") or "runs")
         config["default_root_dir"] = str(root)
@@ -61,7 +66,12 @@ class STSSLCLI(LightningCLI):
             csv = CSVLogger(save_dir=str(root), name="", version=tb.version)
             config["logger"] = [tb, csv]
         existing = {type(c) for c in (config.get("callbacks") or [])} | {type(c) for c in callbacks}
-        for cb in (MetricsJSON(), ClipImages()):
+        defaults: list = [MetricsJSON(), ClipImages()]
+        # depth + ego-motion runs are evaluated against ground truth (world scenes) every validation
+        depth_tasks = [t.name for t in getattr(self.model, "tasks", []) if getattr(t, "default_name", "") == "depth_motion"]
+        if depth_tasks:
+            defaults.append(DepthPoseEvaluator(task_name=depth_tasks[0]))
+        for cb in defaults:
             if type(cb) not in existing:
                 callbacks.append(cb)
         if ModelCheckpoint not in existing and config.get("enable_checkpointing", True) is not False:
@@ -123,7 +133,7 @@ def train_main(argv: list[str] | None = None) -> None:
         SSLModule,
         ClipDataModule,
         args=args,
-        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 10},
+        trainer_defaults={"max_epochs": 20, "log_every_n_steps": 10},
         parser_kwargs={"description": "stssl-train: self-supervised training on video.\n" + _registry_listing()},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,

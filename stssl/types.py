@@ -35,6 +35,8 @@ class ClipSample(TypedDict):
         frame_indices: int64 ``(T,)``, the frames read from the source video.
         K: float32 ``(3, 3)`` intrinsics in pixels at the output resolution, when the source has them.
         label: int class label, when the source has one.
+        depth: float32 ``(1, T, H, W)`` ground-truth z-depth in metres (0 = invalid), with ``load_gt`` on scenes.
+        world_from_camera: float32 ``(T, 4, 4)`` ground-truth camera poses, with ``load_gt`` on scenes.
     """
 
     video: torch.Tensor
@@ -42,17 +44,22 @@ class ClipSample(TypedDict):
     frame_indices: torch.Tensor
     K: NotRequired[torch.Tensor]
     label: NotRequired[int]
+    depth: NotRequired[torch.Tensor]
+    world_from_camera: NotRequired[torch.Tensor]
 
 
 class ClipBatch(TypedDict):
     """A collated batch: ``video`` ``(B, C, T, H, W)`` (float32 in ``[0, 1]`` once on the device),
-    ``index`` ``(B,)``, ``frame_indices`` ``(B, T)``, optional ``K`` ``(B, 3, 3)`` and ``label`` ``(B,)``."""
+    ``index`` ``(B,)``, ``frame_indices`` ``(B, T)``, optional ``K`` ``(B, 3, 3)``, ``label`` ``(B,)``, ``depth``
+    ``(B, 1, T, H, W)`` and ``world_from_camera`` ``(B, T, 4, 4)``."""
 
     video: torch.Tensor
     index: torch.Tensor
     frame_indices: torch.Tensor
     K: NotRequired[torch.Tensor]
     label: NotRequired[torch.Tensor]
+    depth: NotRequired[torch.Tensor]
+    world_from_camera: NotRequired[torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -443,8 +443,8 @@ class ClipDataset(Dataset):
         if rec.label is not None:
             sample["label"] = rec.label
         if gt is not None:
-            sample["depth"] = gt[0].contiguous()  # type: ignore[typeddict-unknown-key]
-            sample["world_from_camera"] = gt[1].to(torch.float32)  # type: ignore[typeddict-unknown-key]
+            sample["depth"] = gt[0].contiguous()
+            sample["world_from_camera"] = gt[1].to(torch.float32)
         return sample
 
     def _mark_bad(self, rec_idx: int, why: str) -> None:

@@ -693,14 +693,24 @@ class _NativeReader(_BaseReader):
         unique, inverse = _prepare_indices(indices, len(self), self.path)
         if not unique:
             return self._empty()
+        if self.fallback is None:
+            if self._decoder is None:
+                self._open_decoder()
+            try:
+                frames = self._native_read(unique)
+            except VideoReadError as error:
+                if self.device.type != "cpu":
+                    raise
+                # The demux index is sound, so the file is readable: the native decoder fails on it (e.g. decord 0.6
+                # on some frame widths, "from_size == to_size"). Read through PyAV from now on; a truly corrupt file
+                # raises there too.
+                self.fallback = f"{self.backend} failed to decode ({error})"
+                log.warning("%s: %s; reading through PyAV", self.path, self.fallback)
+                self._decoder = None
         if self.fallback is not None:
             if self._pyav is None:
                 self._pyav = PyAVReader(self.path)
             frames = self._pyav.read(unique).to(self.device)
-        else:
-            if self._decoder is None:
-                self._open_decoder()
-            frames = self._native_read(unique)
         if tuple(frames.shape[1:]) != (*self.size, 3):
             raise VideoReadError(f"{self.path}: {self.backend} returned frames of shape {tuple(frames.shape)}, "
                                  f"expected (T, {self.size[0]}, {self.size[1]}, 3)")

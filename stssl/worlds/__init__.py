@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from stssl.worlds.driving import DRIVING_CLASSES, render_driving
 from stssl.worlds.endoscopy import ENDOSCOPY_CLASSES, render_endoscopy
 from stssl.worlds.scene_io import Scene, SceneFormatError, ensure_world, read_scene, write_scene
@@ -26,4 +28,4 @@ __all__ = [
     "ensure_world",
 ]
 
-WORLDS = {"driving": render_driving, "endoscopy": render_endoscopy}
+WORLDS: dict[str, Callable[..., Scene]] = {"driving": render_driving, "endoscopy": render_endoscopy}

@@ -44,7 +44,7 @@ DRIVING_CLASSES = ["sky", "road", "lane_marking", "sidewalk", "terrain", "buildi
 SKY, ROAD, MARKING, SIDEWALK, TERRAIN, BUILDING, CAR = range(7)
 
 ROAD_HALF = 7.0  # street centre to kerb, metres
-SIDEWALK = 3.0
+SIDEWALK_WIDTH = 3.0
 LANE = 1.75  # lane centre offset from the street centre
 PARK = 5.3  # parked-car centre offset
 CAM_HEIGHT = 1.65
@@ -179,7 +179,7 @@ def _populate(rng_seed: int, route: _Route, block: float, parked_density: float)
                 blocks.add((i, j))
     inst = 0
     car_inst_colour: dict[int, np.ndarray] = {}
-    margin = ROAD_HALF + SIDEWALK
+    margin = ROAD_HALF + SIDEWALK_WIDTH
     for i, j in sorted(blocks):
         rng = np.random.default_rng([rng_seed, i + 10_000, j + 10_000])
         x0, z0 = i * block + margin, j * block + margin
@@ -205,8 +205,8 @@ def _populate(rng_seed: int, route: _Route, block: float, parked_density: float)
                     boxes.add(lo, hi, 0, colour, int(rng.integers(1 << 20)))
                 pos += width + rng.uniform(0.0, 1.0)
             # Parked cars along this side's kerb.
-            pos = lo_a - SIDEWALK + 5.0
-            while pos + CAR_L <= hi_a + SIDEWALK - 5.0:
+            pos = lo_a - SIDEWALK_WIDTH + 5.0
+            while pos + CAR_L <= hi_a + SIDEWALK_WIDTH - 5.0:
                 if rng.random() < parked_density:
                     inst += 1
                     colour = CAR_COLOURS[rng.integers(len(CAR_COLOURS))] * rng.uniform(0.8, 1.1)
@@ -244,7 +244,7 @@ def _ground(p: torch.Tensor, block: float, seed: int, fp: torch.Tensor) -> tuple
     on_road_x = az < ROAD_HALF
     road = on_road_z | on_road_x
     cross = on_road_z & on_road_x
-    walk = ~road & ((ax < ROAD_HALF + SIDEWALK) | (az < ROAD_HALF + SIDEWALK))
+    walk = ~road & ((ax < ROAD_HALF + SIDEWALK_WIDTH) | (az < ROAD_HALF + SIDEWALK_WIDTH))
 
     def markings(w: torch.Tensor) -> torch.Tensor:
         def lines(lat: torch.Tensor, lon: torch.Tensor) -> torch.Tensor:

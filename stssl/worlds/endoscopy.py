@@ -244,7 +244,7 @@ def render_endoscopy(
         ndl = ((normal * to_light).sum(-1) / dist).clamp_min(0)
         fp = dist / (focal * width) / ndl.clamp_min(0.05)
         albedo, vessel = _albedo(p, seed, radius * 0.6, fp)
-        polyp_col = torch.tensor([0.88, 0.55, 0.45]) * (0.8 + 0.3 * fbm3(*(p / (radius * 0.1)).T, seed + 7))[:, None]
+        polyp_col = torch.tensor([0.88, 0.55, 0.45]) * (0.8 + 0.3 * fbm3(p[:, 0] / (radius * 0.1), p[:, 1] / (radius * 0.1), p[:, 2] / (radius * 0.1), seed + 7))[:, None]
         albedo = torch.where(is_sph[:, None], polyp_col, albedo)
         atten = (radius / dist) ** falloff
         light = albedo * (ndl * atten)[:, None] + specular * (ndl**shininess * atten)[:, None]

@@ -115,7 +115,7 @@ def soft_step(edge: float | torch.Tensor, x: torch.Tensor, width: float | torch.
     return smoothstep(0.0, 1.0, (x - edge) / (2 * width) + 0.5)
 
 
-def hash01(ix: torch.Tensor, iy: torch.Tensor, iz: torch.Tensor | None, seed: int) -> torch.Tensor:
+def hash01(ix: torch.Tensor, iy: torch.Tensor, iz: torch.Tensor | None, seed: int | torch.Tensor) -> torch.Tensor:
     """Deterministic integer-lattice hash to float32 in ``[0, 1)`` (no global RNG state)."""
     h = ix * 374761393 + iy * 668265263 + (seed % 1000003) * 1013904223
     if iz is not None:
@@ -127,7 +127,7 @@ def hash01(ix: torch.Tensor, iy: torch.Tensor, iz: torch.Tensor | None, seed: in
     return (h & 0xFFFFFF).to(torch.float32) / float(1 << 24)
 
 
-def value_noise2(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+def value_noise2(x: torch.Tensor, y: torch.Tensor, seed: int | torch.Tensor) -> torch.Tensor:
     """Smooth 2D value noise in ``[0, 1]`` with unit lattice spacing."""
     fx, fy = torch.floor(x), torch.floor(y)
     tx, ty = x - fx, y - fy
@@ -157,7 +157,7 @@ def value_noise3(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, seed: int) -
 
 
 def fbm2(
-    x: torch.Tensor, y: torch.Tensor, seed: int, octaves: int = 3, footprint: torch.Tensor | None = None
+    x: torch.Tensor, y: torch.Tensor, seed: int | torch.Tensor, octaves: int = 3, footprint: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Fractal sum of :func:`value_noise2` octaves (frequency x2, amplitude x0.5), in ``[0, 1]``.
 
@@ -264,7 +264,7 @@ def intersect_boxes(
     inv_all = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
     for m, a, b, c, d in rects:
         tb = t_best[a:b, c:d]
-        if float(tb.max()) < float(zmin[m]):  # wholly hidden behind nearer surfaces
+        if zmin is not None and float(tb.max()) < float(zmin[m]):  # wholly hidden behind nearer surfaces
             continue
         inv = inv_all[a:b, c:d]
         t0 = (lo[m] - origin) * inv
@@ -343,7 +343,7 @@ def coco_boxes(
     """
     T, H, W = instances.shape
     images = [{"id": t, "frame_index": t, "width": W, "height": H, "file_name": f"{t:06d}"} for t in range(T)]
-    annotations = []
+    annotations: list[dict] = []
     for t in range(T):
         frame = instances[t]
         for iid in torch.unique(frame).tolist():

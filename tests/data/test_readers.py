@@ -365,3 +365,28 @@ def test_cached_index_is_invalidated_when_the_file_changes(
     shutil.copy(make_test_video("h264_raw"), path)
     os.utime(path, ns=(1, 1))
     assert len(scan_video(path)) == test_video_specs["h264_raw"].n_frames
+
+
+def test_native_decoder_failure_falls_back_to_pyav(tmp_path) -> None:
+    """decord 0.6 fails on some frame widths (48 px wide: 'from_size == to_size'); the reader must fall back."""
+    pytest.importorskip("decord")
+    from stssl.data.readers import DecordReader, PyAVReader
+
+    path = tmp_path / "narrow.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+        for t in range(12):
+            img = np.full((48, 48, 3), 20 * t, dtype=np.uint8)
+            img[: 4 + t, :8] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    expected = PyAVReader(path).read([5, 0, 11])
+    reader = DecordReader(path)
+    got = reader.read([5, 0, 11])
+    assert torch.equal(got, expected)
+    if reader.fallback is None:
+        pytest.skip("this decord build decodes 48-px-wide video natively; nothing to fall back from")
+    assert "failed to decode" in reader.fallback
