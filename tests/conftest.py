@@ -24,3 +24,17 @@ def moving_video() -> torch.Tensor:
     base = torch.rand(2, 3, 32, 64, generator=g)
     frames = [base[..., t : t + 32] for t in range(12)]
     return torch.stack(frames, dim=2)
+
+
+TINY_SCENE_SHAPE = (12, 48, 144)  # frames, height, width of the shared tiny driving scene
+
+
+@pytest.fixture(scope="session")
+def tiny_driving_scene(tmp_path_factory: pytest.TempPathFactory):
+    """A 12-frame 48x144 driving scene folder (stssl scene format), rendered once per session (no antialiasing)."""
+    from stssl.worlds import render_driving, write_scene
+
+    frames, height, width = TINY_SCENE_SHAPE
+    final = tmp_path_factory.mktemp("tiny_world") / f"driving_{frames}x{height}x{width}"
+    write_scene(render_driving(frames=frames, height=height, width=width, seed=0, antialias=False), final)
+    return final

@@ -36,22 +36,9 @@ def read_image(path: str) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
 
 
-def tiny_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 12-frame 48x144 driving scene, rendered once per test session (no antialiasing: fast)."""
-    from stssl.worlds import render_driving, write_scene
-
-    final = tmp_path_factory.getbasetemp() / "depth_eval_world" / "driving_12x48x144"
-    if not (final / "depth.npz").is_file():
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_scene(render_driving(frames=FRAMES, height=H, width=W, seed=0, antialias=False), tmp)
-        tmp.rename(final)
-    return final
-
-
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_scene(tmp_path_factory)
+def scene(tiny_driving_scene: Path) -> Path:
+    return tiny_driving_scene
 
 
 class Oracle:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -30,22 +29,9 @@ FRAMES, H, W = 12, 48, 144
 SIZE = (32, 96)
 
 
-def tiny_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 12-frame 48x144 driving scene, rendered once per test session (shared with tests/eval)."""
-    from stssl.worlds import render_driving, write_scene
-
-    final = tmp_path_factory.getbasetemp() / "depth_eval_world" / "driving_12x48x144"
-    if not (final / "depth.npz").is_file():
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_scene(render_driving(frames=FRAMES, height=H, width=W, seed=0, antialias=False), tmp)
-        tmp.rename(final)
-    return final
-
-
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_scene(tmp_path_factory)
+def scene(tiny_driving_scene: Path) -> Path:
+    return tiny_driving_scene
 
 
 class StandInTask(PretextTask):
