@@ -74,12 +74,16 @@ def test_default_job_fast_dev_run_on_a_small_world(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs" / "version_0"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"val/vcop/acc", "val/vcop/loss", "train/vcop/loss_epoch"} <= set(metrics)
+    # the default job is depth + ego-motion, evaluated against the world's ground truth
+    assert {"val/depth_motion/photo", "train/depth_motion/loss_epoch", "val/depth/abs_rel", "val/depth/a1",
+            "val/pose/ate"} <= set(metrics), sorted(metrics)
+    assert 0 < metrics["val/depth/abs_rel"] < 10 and 0 <= metrics["val/depth/a1"] <= 1
     assert (run / "metrics.csv").is_file()
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "images").glob("*.png"))
+    assert list((run / "images").rglob("*_trajectory.png")), "no trajectory plot"
     assert "stssl-train fit: done" in out.stdout and str(run) in out.stdout
     # the checkpoint restores the whole module from its saved config
     restored = SSLModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert isinstance(restored.encoder, Encoder) and restored.tasks[0].name == "vcop"
+    assert isinstance(restored.encoder, Encoder) and restored.tasks[0].name == "depth_motion"
