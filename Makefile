@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p .bench
 	$(BIN)/python tools/bench_decode.py --json .bench/decode.json
+	$(BIN)/python tools/bench_train.py --json .bench/train.json
 
 clean:
 	rm -rf runs .bench .pytest_cache .ruff_cache .mypy_cache
