@@ -49,10 +49,21 @@ def test_configs_compose_later_overrides_earlier() -> None:
     assert data.world == "endoscopy" and data.clip_len == 12 and data.batch_size == 3
 
 
+def _frames_per_clip(data: ClipDataModule) -> int:
+    return len(data.offsets) if data.offsets is not None else data.clip_len
+
+
 def test_default_clip_is_long_enough_for_the_default_task() -> None:
     cli = _parse()
     model, data = cli.config_init["model"], cli.config_init["data"]
-    assert data.clip_len >= model.requires.min_frames
+    assert _frames_per_clip(data) >= model.requires.min_frames
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "trainer" not in str(c)], ids=str)
+def test_each_config_serves_clips_its_tasks_can_use(config: Path) -> None:
+    cli = _parse("--config", str(ROOT / config))
+    model, data = cli.config_init["model"], cli.config_init["data"]
+    assert _frames_per_clip(data) >= model.requires.min_frames, (config, data.offsets, data.clip_len)
 
 
 def test_help_lists_encoders_and_tasks() -> None:
