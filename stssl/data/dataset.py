@@ -50,6 +50,7 @@ from stssl.data.sampling import (
 )
 from stssl.data.sources import VideoRecord, load_sources
 from stssl.geometry.camera import scale_intrinsics
+from stssl.seeding import mix_seed
 from stssl.transforms.functional import ClipAugment, ClipResize, crop_clip, hflip_clip, resize_clip
 from stssl.types import ClipSample
 from stssl.worlds.scene_io import DEPTH_FILE, POSES_FILE, SceneFormatError, read_depth, read_poses
@@ -68,12 +69,6 @@ _MAX_SLOTS = 256  # shared counter slots: 0 = epoch, 1 = main process, 2 + worke
 
 class _TooShort(ValueError):
     """A video has fewer frames than the sampling pattern spans."""
-
-
-def _mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from integers (``numpy.random.SeedSequence``)."""
-    state = np.random.SeedSequence([v & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class _ProcessState:
@@ -465,7 +460,7 @@ class ClipDataset(Dataset):
         index = index % n
         epoch = self.epoch
         rec_idx, clip_idx = self._locate(index)
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, index))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
         proc = self._proc()
         if rec_idx not in proc.bad:
             try:
@@ -479,12 +474,12 @@ class ClipDataset(Dataset):
         # Skip: serve another record, chosen from (seed, epoch, index) alone, so every process agrees.
         self._count_skip()
         order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(
-            _mix_seed(self.seed, epoch, index, 1)))
+            mix_seed(self.seed, epoch, index, 1)))
         last = proc.bad.get(rec_idx, "")
         for other in order.tolist():
             if other in proc.bad:
                 continue
-            generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, index, 2))
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 2))
             try:
                 return self._load(index, other, clip_idx, generator)
             except (VideoReadError, _TooShort) as err:

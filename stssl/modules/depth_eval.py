@@ -198,7 +198,11 @@ class DepthPoseEvaluator(L.Callback):
             for scene in self.resolve_scenes(trainer):
                 from stssl.worlds.scene_io import read_calib
 
-                scene_size = size or (read_calib(scene)["height"], read_calib(scene)["width"])
+                if size is None:
+                    calib = read_calib(scene)
+                    scene_size = (calib["height"], calib["width"])
+                else:
+                    scene_size = size
                 result = evaluate_scene(
                     scene, depth_fn, pose_fn, size=scene_size, min_depth=min_depth, max_depth=max_depth,
                     frame_step=self.frame_step, snippet=self.snippet, backend=self.backend,

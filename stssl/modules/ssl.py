@@ -10,6 +10,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from stssl.encoders.base import Encoder
+from stssl.seeding import seeded_generator
 from stssl.tasks.base import PretextTask, TaskRequirements, merge_requirements
 
 __all__ = ["SSLModule", "check_batch"]
@@ -92,14 +93,14 @@ class SSLModule(L.LightningModule):
         train = stage == "train"
         total = batch["video"].new_zeros(())
         bsz = batch["video"].shape[0]
-        for i, task in enumerate(self.tasks):
+        tasks: list[PretextTask] = list(self.tasks)  # type: ignore[arg-type]
+        for i, task in enumerate(tasks):
             # Labels are seeded from (task seed, step, rank): reproducible, resumable, different per DDP rank;
             # validation uses fixed labels per batch so its metrics compare across epochs.
-            gen = torch.Generator()
             if stage == "train":
-                gen.manual_seed(hash((task.seed, self.global_step, self.global_rank, i)) & 0x7FFF_FFFF_FFFF)
+                gen = seeded_generator(task.seed, self.global_step, self.global_rank, i)
             else:
-                gen.manual_seed(hash((task.seed, batch_idx, i, len(stage))) & 0x7FFF_FFFF_FFFF)  # ints only: hash is stable
+                gen = seeded_generator(task.seed, batch_idx, i, len(stage))
             out = task(batch, self.encoder, generator=gen)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"{stage}: task {task.name!r} gave a non-finite loss {out.loss.item()}")

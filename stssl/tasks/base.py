@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from stssl.encoders.base import Encoder
+from stssl.seeding import seeded_generator
 from stssl.types import EncoderSpec, TaskOutput
 
 __all__ = ["PretextTask", "TaskRequirements", "merge_requirements"]
@@ -73,12 +74,10 @@ class PretextTask(nn.Module):
     def build(self, spec: EncoderSpec) -> None:
         """Create the task's heads for an encoder with this spec. Called once, before training."""
 
-    def next_generator(self, device: torch.device) -> torch.Generator:
-        """A generator for one training call: seeded from ``(seed, call count)``, so a run is reproducible."""
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(self.seed * 1_000_003 + self._calls)
+    def next_generator(self) -> torch.Generator:
+        """A generator for a call made without one (standalone use): seeded from ``(seed, call count)``."""
         self._calls += 1
-        return gen
+        return seeded_generator(self.seed, self._calls - 1)
 
     def forward(
         self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None

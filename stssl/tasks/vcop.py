@@ -167,7 +167,7 @@ class VCOPTask(PretextTask):
         if self.pair_head is None or self.classifier is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
         video = batch["video"]
-        gen = generator if generator is not None else self.next_generator(video.device)
+        gen = generator if generator is not None else self.next_generator()
         vb = make_vcop_batch(video, self.num_clips, self.clip_len, self.gap, generator=gen)
         out = encoder(rearrange(vb.clips, "B n C L H W -> (B n) C L H W"))
         if self.pool_grid == (1, 1):
