@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from stssl.data.dataset import ClipDataset
+from stssl.data.dataset import ON_DECODE_ERROR, ClipDataset
 from stssl.data.readers import available_backends
 from stssl.data.sources import VideoRecord, load_sources, scene_records
 from stssl.worlds.scene_io import DEPTH_FILE, POSES_FILE
@@ -83,9 +82,6 @@ class EpochSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.clip_dataset.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        return super().__iter__()
 
 
 class ClipDataModule(L.LightningDataModule):
@@ -166,7 +162,7 @@ class ClipDataModule(L.LightningDataModule):
         super().__init__()
         if sources is None and world is None:
             raise ValueError("ClipDataModule: give sources (paths) or a world name to render")
-        if on_decode_error not in ("raise", "skip"):
+        if on_decode_error not in ON_DECODE_ERROR:
             raise ValueError(f"ClipDataModule: on_decode_error must be 'raise' or 'skip', got {on_decode_error!r}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"ClipDataModule: need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")

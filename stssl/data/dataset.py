@@ -368,7 +368,6 @@ class ClipDataset(Dataset):
             counts.append(len(sliding_anchors(n, self.pattern, self.sliding_step, what=self._what)) if valid else 0)
             if counts[-1] == 0 and i not in self._proc().bad:
                 self._mark_bad(i, f"too short for {self._what} ({n} frames)")
-        self._windows_per_record = counts
         self._cum_windows = np.cumsum([0, *counts]).tolist()
         if self._cum_windows[-1] == 0:
             raise ValueError(f"ClipDataset: no video has enough frames for {self._what} ({len(self.records)} records)")

@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 TRUSTED_SEEK_FORMATS: frozenset[str] = frozenset(
     {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "asf"}
 )
-FRAME_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
+#: Image files a frame folder may hold (PIL decodes them all); sources.py detects frame folders with the same set.
+FRAME_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 
 class VideoReadError(RuntimeError):
@@ -553,8 +554,6 @@ class PyAVReader(_BaseReader):
 
     def _decode_from(self, target: int) -> Iterator[tuple[int, Any]]:
         """Decoded ``(frame index, av.VideoFrame)`` in display order, starting at or before ``target``."""
-        if self._container is None:
-            self._open()
         if not self.index.exact:
             self._open()
             count = 0
@@ -562,6 +561,8 @@ class PyAVReader(_BaseReader):
                 yield count, frame
                 count += 1
             return
+        if self._container is None:
+            self._open()
         keyframe = self.index.keyframe_for(target)
         start_pts = int(self.index.pts[keyframe])
         frame_of_pts = self._frame_of_pts()
@@ -624,6 +625,7 @@ class PyAVReader(_BaseReader):
         except _IndexMismatch as error:
             log.warning("%s: %s; falling back to sequential decoding for this file", self.path, error)
             self.index = replace(self.index, exact=False, reason=str(error))
+            _INDEX_CACHE[_file_key(self.path)] = self.index  # later opens of this file skip the failed seek path
             self._release()
             frames = self._read_sorted(unique)
         return torch.from_numpy(frames)[inverse]
@@ -843,8 +845,9 @@ class FramesReader(_BaseReader):
             str(p) for p in Path(self.path).iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES
         )
         if not self.files:
-            raise VideoReadError(f"{self.path}: the folder contains no frames (*.png, *.jpg, *.jpeg)")
-        self.size = tuple(self._decode(0).shape[:2])  # type: ignore[assignment]
+            raise VideoReadError(f"{self.path}: the folder contains no frames ("
+                                 + ", ".join(f"*{s}" for s in sorted(FRAME_SUFFIXES)) + ")")
+        self.size = self._frame_size(0)
         self.fps = float(fps) if fps is not None else self._fps_from_timestamps()
 
     def __len__(self) -> int:
@@ -868,6 +871,16 @@ class FramesReader(_BaseReader):
                 if step > 0:
                     return 1.0 / step
         return float("nan")
+
+    def _frame_size(self, i: int) -> tuple[int, int]:
+        """``(H, W)`` of frame ``i`` from its header (no pixel decode)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.files[i]) as image:
+                return image.size[1], image.size[0]
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise VideoReadError(f"{self.path}: cannot decode frame {i} ({self.files[i]}): {error}") from error
 
     def _decode(self, i: int) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stssl.data.readers import FRAME_SUFFIXES
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS = tuple(sorted(FRAME_SUFFIXES))  # what the frames reader decodes
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 
 LAYOUTS = """recognised layouts:
@@ -226,13 +228,15 @@ def write_manifest(records: Iterable[VideoRecord], path: str | Path, extra: Sequ
     base = path.resolve().parent
     rows = []
     records = list(records)
-    for i, rec in enumerate(records):
-        p = Path(rec.path).resolve()
+    def relative(where: str) -> str:
+        p = Path(where).resolve()
         try:
-            rel = p.relative_to(base).as_posix()
+            return p.relative_to(base).as_posix()
         except ValueError:
-            rel = str(p)
-        row: dict = {"path": rel}
+            return str(p)
+
+    for i, rec in enumerate(records):
+        row: dict = {"path": relative(rec.path)}
         if rec.label is not None:
             row["label"] = rec.label
         if rec.num_frames is not None:
@@ -243,6 +247,8 @@ def write_manifest(records: Iterable[VideoRecord], path: str | Path, extra: Sequ
             row["K"] = [float(v) for v in rec.K.reshape(-1)]
             if rec.calib_size is not None:
                 row["height"], row["width"] = rec.calib_size
+        if rec.scene_dir is not None:
+            row["scene_dir"] = relative(rec.scene_dir)
         if extra is not None:
             row.update(extra[i])
         rows.append(row)

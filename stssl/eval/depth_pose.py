@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from stssl.checks import check_shape
 from stssl.eval.metrics import DEPTH_METRICS, depth_metrics, snippet_ate
 from stssl.worlds.scene_io import (
+    CALIB_FILE,
     DEPTH_FILE,
     POSES_FILE,
     VIDEO_FILE,
@@ -330,7 +331,7 @@ def evaluate_scene(
     calib, gt_poses, gt_depth_all = read_calib(d), read_poses(d), read_depth(d)
     T, H_gt, W_gt = gt_depth_all.shape
     if (calib["height"], calib["width"]) != (H_gt, W_gt):
-        raise SceneFormatError(f"{d / 'calib.json'}: size {calib['height']}x{calib['width']} but "
+        raise SceneFormatError(f"{d / CALIB_FILE}: size {calib['height']}x{calib['width']} but "
                                f"{DEPTH_FILE} is {H_gt}x{W_gt}")
     if len(gt_poses) != T:
         raise SceneFormatError(f"{d / POSES_FILE}: {len(gt_poses)} poses but {DEPTH_FILE} has {T} frames")

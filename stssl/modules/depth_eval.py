@@ -317,7 +317,7 @@ def predict_video(
         FileNotFoundError / ValueError / KeyError: naming the checkpoint, video or task that is wrong.
     """
     from stssl.data.readers import open_video
-    from stssl.worlds.scene_io import write_calib
+    from stssl.worlds.scene_io import POSES_FILE, write_calib
 
     dev = torch.device(device) if device is not None else None
     module = _load_module(ckpt_or_module, dev or torch.device("cpu"))
@@ -342,7 +342,7 @@ def predict_video(
     assert depth is not None
     out = Path(out_dir)
     written = write_depth_maps(out, depth, frame_indices=indices, png=png)
-    poses = None if b_from_a is None else write_poses_kitti(out / "poses.txt", chain_poses(b_from_a))
+    poses = None if b_from_a is None else write_poses_kitti(out / POSES_FILE, chain_poses(b_from_a))
     calib = None
     if K_size is not None:
         calib = write_calib(out, K_size.numpy(), int(size[1]), int(size[0]), fps if math.isfinite(fps) else 10.0)

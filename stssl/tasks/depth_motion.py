@@ -108,6 +108,7 @@ def view_synthesis_loss(
     automask: bool = True,
     mask_moving: float = 0.0,
     brightness: torch.Tensor | None = None,
+    identity_errors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Photometric loss of synthesising the target view from ``S`` source views through depth and poses.
 
@@ -134,6 +135,8 @@ def view_synthesis_loss(
         mask_moving: quantile ``q`` in ``[0, 1)`` of high-error pixels to ignore (0 = off).
         brightness: ``(B, S, 2)`` affine ``(a, b)`` applied to each source as ``a * I + b`` (warped and unwarped)
             before comparison, or ``None``.
+        identity_errors: ``(B, S, H, W)`` the unwarped sources' errors from an earlier call with the same images
+            (they do not depend on depth or pose: multi-scale callers compute them once), or ``None``.
 
     Returns:
         ``loss`` (scalar) and ``aux``: ``warped`` ``(B, S, C, H, W)``, ``errors`` ``(B, S, H, W)`` of the warped
@@ -162,8 +165,9 @@ def view_synthesis_loss(
         gain = brightness[..., 0, None, None, None]
         images_src = gain * images_src + brightness[..., 1, None, None, None]
     # All sources in one warp: fold S into the batch.
+    sources = rearrange(images_src, "b s c h w -> (b s) c h w")
     warped, valid = warp_frame(
-        rearrange(images_src, "b s c h w -> (b s) c h w"),
+        sources,
         depth_tgt.repeat_interleave(num_src, dim=0),
         rearrange(src_from_tgt, "b s i j -> (b s) i j"),
         K.repeat_interleave(num_src, dim=0),
@@ -171,12 +175,14 @@ def view_synthesis_loss(
     target = image_tgt.repeat_interleave(num_src, dim=0)
     errors = rearrange(photometric_error(warped, target, alpha, window=ssim_window), "(b s) 1 h w -> b s h w",
                        s=num_src)
-    identity_errors = None
-    if automask:
-        unwarped = rearrange(images_src, "b s c h w -> (b s) c h w")
+    if not automask:
+        identity_errors = None
+    elif identity_errors is None:
         identity_errors = rearrange(
-            photometric_error(unwarped, target, alpha, window=ssim_window), "(b s) 1 h w -> b s h w", s=num_src
+            photometric_error(sources, target, alpha, window=ssim_window), "(b s) 1 h w -> b s h w", s=num_src
         )
+    else:
+        check_shape(identity_errors, "B S H W", sizes, name="identity_errors")
     loss, aux = min_reprojection_loss(errors, identity_errors)
     min_error, mask = aux["min_error"], aux["automask"]
     if mask_moving > 0:
@@ -509,6 +515,7 @@ class DepthMotionTask(PretextTask):
         photo_terms, smooth_terms = [], []
         aux0: dict[str, torch.Tensor] = {}
         depth0 = image_tgt.new_zeros(())
+        identity_errors = None  # the unwarped sources' errors: the same at every scale
         for s in self.scales:
             disp = disps[s]
             disp_full = disp if s == 0 else F.interpolate(disp, size=(height, width), mode="bilinear",
@@ -517,7 +524,9 @@ class DepthMotionTask(PretextTask):
             photo, aux = view_synthesis_loss(
                 image_tgt, images_src, depth, src_from_tgt, K, alpha=self.alpha, ssim_window=self.ssim_window,
                 automask=self.automask, mask_moving=self.mask_moving, brightness=brightness,
+                identity_errors=identity_errors,
             )
+            identity_errors = aux.get("identity_errors")
             image_s = image_tgt if s == 0 else F.interpolate(
                 image_tgt, size=disp.shape[-2:], mode="bilinear", align_corners=False, antialias=True
             )

@@ -142,7 +142,8 @@ def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_write_then_read_manifest_round_trips(tmp_path: Path, suffix: str) -> None:
     K = np.array([[7.25, 0, 3.5], [0, 8.5, 2.25], [0, 0, 1]])
-    recs = [VideoRecord(str(tmp_path / "v" / "a.mp4"), label=2, K=K, calib_size=(5, 9), num_frames=11),
+    recs = [VideoRecord(str(tmp_path / "v" / "a.mp4"), label=2, K=K, calib_size=(5, 9), num_frames=11,
+                        scene_dir=str(tmp_path / "v")),
             VideoRecord(str(tmp_path / "b.mp4"), backend="frames")]
     out = write_manifest(recs, tmp_path / f"m{suffix}")
     back = read_manifest(out)
@@ -150,6 +151,7 @@ def test_write_then_read_manifest_round_trips(tmp_path: Path, suffix: str) -> No
     assert back[0].label == 2 and back[0].num_frames == 11 and back[0].calib_size == (5, 9)
     np.testing.assert_array_equal(back[0].K, K)
     assert back[1].backend == "frames" and back[1].K is None and back[1].label is None
+    assert Path(back[0].scene_dir) == tmp_path / "v" and back[1].scene_dir is None
 
 
 # ------------------------------------------------------------------ layouts
