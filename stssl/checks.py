@@ -54,7 +54,12 @@ def check_shape(
         ValueError: naming ``name``, the expected pattern and the actual shape.
     """
     bound: dict[str, int] = {} if sizes is None else sizes
-    if not checks_enabled():
+    if not checks_enabled():  # no checks, but callers still read the sizes they bind
+        letters = pattern.split()
+        if len(letters) == x.dim():
+            for letter, size in zip(letters, x.shape, strict=True):
+                if letter not in ("*", "_") and not letter.isdigit():
+                    bound.setdefault(letter, int(size))
         return bound
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape ({pattern}), got {type(x).__name__}")
