@@ -22,8 +22,18 @@ from stssl.encoders.resnet3d import (
     r3d_18,
     r3d_tiny,
 )
+from stssl.encoders.s3d import S3D, s3d, s3d_tiny
+from stssl.encoders.slowfast import SlowFast, slowfast_r50, slowfast_r101, slowfast_tiny
+from stssl.encoders.vit import VideoViT, vit_base, vit_micro, vit_micro_divided, vit_small, vit_tiny
+from stssl.encoders.x3d import X3D, x3d_l, x3d_m, x3d_s, x3d_tiny, x3d_xs
 
-__all__ = ["ENCODERS", "Encoder", "FrameEncoder2D", "ResNet3D", "build_encoder"]
+__all__ = ["CPU_PRESETS", "ENCODERS", "S3D", "X3D", "Encoder", "FrameEncoder2D", "ResNet3D", "SlowFast", "VideoViT", "build_encoder"]
+
+#: CPU presets (tiny widths/depths of the standard architectures), as opposed to the standard sizes.
+CPU_PRESETS: tuple[str, ...] = (
+    "r3d_tiny", "mc3_tiny", "r2plus1d_tiny", "s3d_tiny", "x3d_tiny", "slowfast_tiny", "vit_micro",
+    "vit_micro_divided", "resnet18_2d_tiny", "resnet50_2d_tiny",
+)
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "r3d_18": r3d_18,
@@ -32,6 +42,21 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "r3d_tiny": r3d_tiny,
     "mc3_tiny": mc3_tiny,
     "r2plus1d_tiny": r2plus1d_tiny,
+    "s3d": s3d,
+    "s3d_tiny": s3d_tiny,
+    "x3d_xs": x3d_xs,
+    "x3d_s": x3d_s,
+    "x3d_m": x3d_m,
+    "x3d_l": x3d_l,
+    "x3d_tiny": x3d_tiny,
+    "slowfast_r50": slowfast_r50,
+    "slowfast_r101": slowfast_r101,
+    "slowfast_tiny": slowfast_tiny,
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "vit_base": vit_base,
+    "vit_micro": vit_micro,
+    "vit_micro_divided": vit_micro_divided,
     "resnet18_2d": resnet18_2d,
     "resnet34_2d": resnet34_2d,
     "resnet50_2d": resnet50_2d,

@@ -4,13 +4,18 @@ import pytest
 import torch
 import torchvision
 
-from stssl.encoders import ENCODERS, ResNet3D, build_encoder
+from stssl.encoders import CPU_PRESETS, ENCODERS, ResNet3D, build_encoder
 from stssl.types import EncoderOutput
 
-TINY = sorted(n for n in ENCODERS if n.endswith("_tiny"))
+# Every registered encoder: the CPU presets always, the standard sizes (tens of millions of parameters) as slow.
+ALL = [n if n in CPU_PRESETS else pytest.param(n, marks=pytest.mark.slow) for n in sorted(ENCODERS)]
 
 
-@pytest.mark.parametrize("name", TINY)
+def test_cpu_presets_are_registered() -> None:
+    assert set(CPU_PRESETS) <= set(ENCODERS)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_registry_contract_shapes_grads(name: str) -> None:
     torch.manual_seed(0)
     enc = build_encoder(name)
