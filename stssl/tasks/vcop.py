@@ -19,21 +19,20 @@ from torch import nn
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.tasks.base import PretextTask, TaskRequirements
+from stssl.tasks.common import (
+    check_pool_grid,
+    classification_output,
+    dropout_linear,
+    gather_frames,
+    order_permutations,
+    pair_relations,
+    pool_cells,
+    pooled_dim,
+    relu_layer,
+)
 from stssl.types import EncoderSpec, TaskOutput
 
 __all__ = ["VCOPBatch", "VCOPTask", "make_vcop_batch", "order_permutations"]
-
-
-def order_permutations(num_clips: int) -> torch.Tensor:
-    """All ``num_clips!`` orders, in lexicographic order: ``(num_clips!, num_clips)`` int64; row 0 is identity.
-
-    Example:
-        >>> order_permutations(3)[:3].tolist()
-        [[0, 1, 2], [0, 2, 1], [1, 0, 2]]
-    """
-    if not 2 <= num_clips <= 6:
-        raise ValueError(f"order_permutations: num_clips must be in [2, 6], got {num_clips}")
-    return torch.tensor(list(itertools.permutations(range(num_clips))), dtype=torch.long)
 
 
 @dataclass
@@ -99,10 +98,8 @@ def make_vcop_batch(
     # frame index of frame l of original clip k: start + k * (clip_len + gap) + l
     clip_starts = start[:, None] + permutation * (clip_len + gap)  # (B, n) in shuffled order
     frames = clip_starts[:, :, None] + torch.arange(clip_len)[None, None, :]  # (B, n, L)
-    frames = frames.to(video.device)
-    idx = rearrange(frames, "B n L -> B 1 (n L) 1 1").expand(-1, sizes["C"], -1, sizes["H"], sizes["W"])
-    gathered = torch.gather(video, 2, idx)
-    clips = rearrange(gathered, "B C (n L) H W -> B n C L H W", n=num_clips)
+    gathered = gather_frames(video, rearrange(frames, "B n L -> B (n L)"))
+    clips = rearrange(gathered, "B (n L) C H W -> B n C L H W", n=num_clips)
     return VCOPBatch(clips=clips, label=label.to(video.device), permutation=permutation.to(video.device), start=start)
 
 
@@ -116,7 +113,7 @@ class VCOPTask(PretextTask):
         hidden: width of the pairwise relation layer.
         dropout: dropout before the classifier.
         pool_grid: ``(h, w)`` cells the clip feature keeps from the encoder's dense map (average pooled over time
-            and each cell). ``(1, 1)`` is the paper's global pooling; a coarse grid keeps where things are, which
+            and each cell; see :func:`~stssl.tasks.common.pool_cells`). ``(1, 1)`` is the paper's global pooling; a coarse grid keeps where things are, which
             makes order observable from forward motion (objects drift outwards as the camera advances).
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
@@ -143,9 +140,7 @@ class VCOPTask(PretextTask):
         self.gap = gap
         self.hidden = hidden
         self.dropout = dropout
-        self.pool_grid = (int(pool_grid[0]), int(pool_grid[1]))
-        if min(self.pool_grid) < 1:
-            raise ValueError(f"VCOPTask: pool_grid must be two positive ints, got {pool_grid}")
+        self.pool_grid = check_pool_grid("VCOPTask", pool_grid)
         self.num_orders = math.factorial(num_clips)
         order_permutations(num_clips)  # validates num_clips
         self.pairs = list(itertools.combinations(range(num_clips), 2))
@@ -157,11 +152,8 @@ class VCOPTask(PretextTask):
         return TaskRequirements(min_frames=self.num_clips * self.clip_len + (self.num_clips - 1) * self.gap)
 
     def build(self, spec: EncoderSpec) -> None:
-        feat_dim = spec.dim * self.pool_grid[0] * self.pool_grid[1]
-        self.pair_head = nn.Sequential(nn.Linear(2 * feat_dim, self.hidden), nn.ReLU(inplace=True))
-        self.classifier = nn.Sequential(
-            nn.Dropout(self.dropout), nn.Linear(self.hidden * len(self.pairs), self.num_orders)
-        )
+        self.pair_head = relu_layer(2 * pooled_dim(spec.dim, self.pool_grid), self.hidden)
+        self.classifier = dropout_linear(self.hidden * len(self.pairs), self.num_orders, self.dropout)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.pair_head is None or self.classifier is None:
@@ -169,15 +161,7 @@ class VCOPTask(PretextTask):
         video = batch["video"]
         gen = generator if generator is not None else self.next_generator()
         vb = make_vcop_batch(video, self.num_clips, self.clip_len, self.gap, generator=gen)
-        out = encoder(rearrange(vb.clips, "B n C L H W -> (B n) C L H W"))
-        if self.pool_grid == (1, 1):
-            feats = out.pooled
-        else:
-            cells = nn.functional.adaptive_avg_pool3d(out.dense, (1, *self.pool_grid))
-            feats = rearrange(cells, "Bn D 1 h w -> Bn (D h w)")
-        feats = rearrange(feats, "(B n) D -> B n D", n=self.num_clips)
-        relations = [self.pair_head(torch.cat([feats[:, i], feats[:, j]], dim=1)) for i, j in self.pairs]
-        logits = self.classifier(torch.cat(relations, dim=1))
-        loss = nn.functional.cross_entropy(logits, vb.label)
-        acc = (logits.argmax(dim=1) == vb.label).float().mean()
-        return TaskOutput(loss=loss, logs={"loss": loss.detach(), "acc": acc.detach()})
+        dense = encoder(rearrange(vb.clips, "B n C L H W -> (B n) C L H W")).dense
+        feats = rearrange(pool_cells(dense, self.pool_grid), "(B n) F -> B n F", n=self.num_clips)
+        relations = pair_relations(feats, self.pairs, self.pair_head, "concat")
+        return classification_output(self.classifier(relations), vb.label)

@@ -8,19 +8,20 @@ import torch
 from stssl.encoders import build_encoder
 from stssl.tasks import TASKS
 
-# Tasks that need a per-frame (temporal stride 1) encoder; the rest get a tiny 3D CNN.
-PER_FRAME = {"depth_motion"}
+# Tasks that need a particular kind of encoder; the rest get a tiny 3D CNN.
+ENCODER_FOR = {"depth_motion": "resnet18_2d_tiny", "mae": "vit_micro"}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_gives_finite_loss_and_gradients(name: str) -> None:
     torch.manual_seed(0)
-    enc = build_encoder("resnet18_2d_tiny" if name in PER_FRAME else "r3d_tiny", width=8)
+    enc = build_encoder(ENCODER_FOR.get(name, "r3d_tiny"), **({} if name == "mae" else {"width": 8}))
     task = TASKS[name]()
     task.build(enc.spec)
     req = task.requires
     B, H, W = 2, 32, 96
-    batch: dict = {"video": torch.rand(B, 3, max(req.min_frames, 1), H, W, generator=torch.Generator().manual_seed(1))}
+    T = max(req.min_frames, 2)
+    batch: dict = {"video": torch.rand(B, 3, T, H, W, generator=torch.Generator().manual_seed(1))}
     if req.intrinsics:
         K = torch.tensor([[0.58 * W, 0.0, W / 2 - 0.5], [0.0, 1.92 * H, H / 2 - 0.5], [0.0, 0.0, 1.0]])
         batch["K"] = K.expand(B, 3, 3).clone()
@@ -31,5 +32,8 @@ def test_every_task_gives_finite_loss_and_gradients(name: str) -> None:
     assert all(torch.isfinite(v).all() for v in out.logs.values())
     out.loss.backward()
     for pname, p in list(enc.named_parameters()) + list(task.named_parameters()):
+        if not p.requires_grad:  # e.g. an EMA target encoder
+            assert p.grad is None, f"{name}: frozen {pname} got a gradient"
+            continue
         assert p.grad is not None, f"{name}: {pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"

@@ -1,0 +1,378 @@
+"""Helpers shared by the classification-style temporal tasks (VCOP, Shuffle&Learn, OPN, arrow of time, speed).
+
+Each task draws its labels with its own ``make_<task>_batch``; what they have in common lives here:
+
+- option checks: :func:`check_pool_grid`, :func:`check_clip_len`, :func:`check_ordered_draw`,
+  :func:`check_video_frames`;
+- labels and frame draws: :func:`order_permutations`, :func:`ordered_min_frames`, :func:`sample_ordered_frames`,
+  :func:`gather_frames`;
+- features: :func:`pool_cells` (dense map to one flat feature, keeping a coarse grid of cells),
+  :func:`pooled_dim`, :func:`encode_frames` (frames encoded one by one);
+- heads: :func:`relu_layer`, :func:`dropout_linear`, :func:`mlp_head`, :func:`pair_relations`;
+- the output: :func:`classification_output` (cross-entropy loss and top-1 accuracy logs).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from stssl.checks import check_shape
+from stssl.encoders.base import Encoder
+from stssl.types import TaskOutput
+
+__all__ = [
+    "PairFusion",
+    "check_clip_len",
+    "check_ordered_draw",
+    "check_pool_grid",
+    "check_video_frames",
+    "classification_output",
+    "dropout_linear",
+    "encode_frames",
+    "gather_frames",
+    "mlp_head",
+    "order_permutations",
+    "ordered_min_frames",
+    "pair_relations",
+    "pool_cells",
+    "pooled_dim",
+    "relu_layer",
+    "sample_ordered_frames",
+]
+
+PairFusion = Literal["diff", "concat"]
+
+# ---------------------------------------------------------------------------------------------- option checks
+
+
+def check_pool_grid(owner: str, pool_grid: tuple[int, int], time_cells: int = 1) -> tuple[int, int]:
+    """Validate a task's ``pool_grid``/``time_cells`` options; return the grid as two ints.
+
+    Raises:
+        ValueError: naming ``owner`` and the offending values.
+
+    Example:
+        >>> check_pool_grid("MyTask", (2, 3))
+        (2, 3)
+    """
+    if len(pool_grid) != 2 or min(int(g) for g in pool_grid) < 1 or time_cells < 1:
+        raise ValueError(
+            f"{owner}: pool_grid must be two positive ints and time_cells positive, got {pool_grid}, {time_cells}"
+        )
+    return int(pool_grid[0]), int(pool_grid[1])
+
+
+def check_clip_len(owner: str, clip_len: int, minimum: int = 2) -> int:
+    """Validate a ``clip_len`` option (at least ``minimum`` frames; 2 makes playback direction and speed defined).
+
+    Raises:
+        ValueError: naming ``owner`` and the offending value.
+
+    Example:
+        >>> check_clip_len("MyTask", 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: clip_len must be >= 2, got 1
+    """
+    if clip_len < minimum:
+        raise ValueError(f"{owner}: clip_len must be >= {minimum}, got {clip_len}")
+    return int(clip_len)
+
+
+def order_permutations(num_clips: int) -> torch.Tensor:
+    """All ``num_clips!`` orders, in lexicographic order: ``(num_clips!, num_clips)`` int64; row 0 is identity.
+
+    Example:
+        >>> order_permutations(3)[:3].tolist()
+        [[0, 1, 2], [0, 2, 1], [1, 0, 2]]
+    """
+    if not 2 <= num_clips <= 6:
+        raise ValueError(f"order_permutations: num_clips must be in [2, 6], got {num_clips}")
+    return torch.tensor(list(itertools.permutations(range(num_clips))), dtype=torch.long)
+
+
+def ordered_min_frames(num: int, min_gap: int = 1) -> int:
+    """Frames needed to draw ``num`` ordered frames ``min_gap`` apart: ``(num - 1) * min_gap + 1``.
+
+    Example:
+        >>> ordered_min_frames(5, 2)
+        9
+    """
+    return (num - 1) * min_gap + 1
+
+
+def check_ordered_draw(owner: str, num: int, min_gap: int = 1, max_span: int | None = None) -> int:
+    """Validate the options of a draw of ``num`` ordered frames; return the frames it needs.
+
+    Args:
+        owner: how error messages name the caller.
+        num: frames per tuple (>= 1).
+        min_gap: smallest difference between consecutive indices (>= 1).
+        max_span: the tuple must fit in this many consecutive frames (None: anywhere).
+
+    Returns:
+        :func:`ordered_min_frames` ``(num, min_gap)``.
+
+    Raises:
+        ValueError: naming ``owner`` and the offending values.
+
+    Example:
+        >>> check_ordered_draw("MyTask", 4, min_gap=2)
+        7
+        >>> check_ordered_draw("MyTask", 4, min_gap=2, max_span=6)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: max_span=6 cannot hold 4 frames 2 apart (needs 7)
+    """
+    if num < 1:
+        raise ValueError(f"{owner}: num must be >= 1, got {num}")
+    if min_gap < 1:
+        raise ValueError(f"{owner}: min_gap must be >= 1, got {min_gap}")
+    need = ordered_min_frames(num, min_gap)
+    if max_span is not None and max_span < need:
+        raise ValueError(f"{owner}: max_span={max_span} cannot hold {num} frames {min_gap} apart (needs {need})")
+    return need
+
+
+def check_video_frames(owner: str, video: torch.Tensor, need: int, rule: str) -> None:
+    """Raise a clear error when a ``(B, C, T, H, W)`` video has fewer than ``need`` frames.
+
+    Other ranks pass through: the task's ``make_<task>_batch`` reports them with :func:`~stssl.checks.check_shape`.
+
+    Args:
+        owner: how the message names the caller.
+        video: ``(B, C, T, H, W)``.
+        need: the fewest frames the caller accepts.
+        rule: how ``need`` follows from the options, e.g. ``"clip_len"``.
+
+    Example:
+        >>> check_video_frames("MyTask", torch.zeros(1, 3, 5, 4, 4), 6, "clip_len")
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: video has T=5 frames, needs clip_len = 6
+    """
+    if video.dim() == 5 and video.shape[2] < need:
+        raise ValueError(f"{owner}: video has T={video.shape[2]} frames, needs {rule} = {need}")
+
+
+# ---------------------------------------------------------------------------------------------- frame draws
+
+
+def sample_ordered_frames(
+    batch: int,
+    frames: int,
+    num: int,
+    min_gap: int = 1,
+    max_span: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    owner: str = "sample_ordered_frames",
+) -> torch.Tensor:
+    """Draw ``num`` increasing frame indices per sample, consecutive ones at least ``min_gap`` apart.
+
+    Without ``max_span`` the draw is uniform over all such tuples in ``[0, frames)``. With ``max_span`` a window
+    of ``min(frames, max_span)`` frames is placed uniformly first and the tuple drawn uniformly inside it, so
+    ``last - first < max_span``.
+
+    Args:
+        batch: ``B``, tuples to draw.
+        frames: ``T``, frames available.
+        num: ``n``, frames per tuple.
+        min_gap: smallest difference between consecutive indices (>= 1).
+        max_span: the tuple fits in this many consecutive frames (None: anywhere).
+        generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
+
+    Returns:
+        ``(B, n)`` int64 on the CPU, strictly increasing along ``n``.
+
+    Example:
+        >>> t = sample_ordered_frames(3, 20, 4, min_gap=3, generator=torch.Generator().manual_seed(0))
+        >>> bool((t.diff(dim=1) >= 3).all()) and int(t.max()) < 20
+        True
+    """
+    need = check_ordered_draw(owner, num, min_gap, max_span)
+    window = frames if max_span is None else min(frames, max_span)
+    if frames < need:
+        raise ValueError(
+            f"{owner}: video has T={frames} frames, needs (num-1)*min_gap+1 = {need} "
+            f"for {num} frames {min_gap} apart"
+        )
+    start = torch.randint(frames - window + 1, (batch,), generator=generator)
+    # Draw n distinct sorted values from a compressed range, then spread them by (min_gap - 1) per step.
+    room = window - (num - 1) * (min_gap - 1)
+    picks = torch.rand(batch, room, generator=generator).argsort(dim=1)[:, :num].sort(dim=1).values
+    return start[:, None] + picks + torch.arange(num)[None, :] * (min_gap - 1)
+
+
+def gather_frames(video: torch.Tensor, frame_indices: torch.Tensor) -> torch.Tensor:
+    """Pick frames per sample: ``out[b, i] = video[b, :, frame_indices[b, i]]``.
+
+    Args:
+        video: ``(B, C, T, H, W)``.
+        frame_indices: ``(B, n)`` int64 in ``[0, T)`` (any device).
+
+    Returns:
+        ``(B, n, C, H, W)`` on ``video``'s device.
+
+    Example:
+        >>> video = torch.arange(6.0).view(1, 1, 6, 1, 1)
+        >>> gather_frames(video, torch.tensor([[4, 1]])).flatten().tolist()
+        [4.0, 1.0]
+    """
+    sizes = check_shape(video, "B C T H W", name="video")
+    check_shape(frame_indices, "B n", sizes, name="frame_indices")
+    idx = frame_indices.to(video.device)
+    rows = torch.arange(sizes["B"], device=video.device)[:, None]
+    return rearrange(video, "B C T H W -> B T C H W")[rows, idx]
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+def pool_cells(dense: torch.Tensor, grid: tuple[int, int] = (1, 1), time_cells: int = 1) -> torch.Tensor:
+    """Average a dense map into ``time_cells x h x w`` cells and flatten them into one feature per sample.
+
+    ``grid=(1, 1), time_cells=1`` is global average pooling (:attr:`EncoderOutput.pooled`); a coarse grid keeps
+    where things are, ``time_cells > 1`` keeps when. Cells are flattened channel-major: ``(D t h w)``.
+
+    Args:
+        dense: ``(B, D, T', H', W')`` encoder features.
+        grid: ``(h, w)`` spatial cells.
+        time_cells: ``t`` temporal cells.
+
+    Returns:
+        ``(B, D * t * h * w)``.
+
+    Example:
+        >>> dense = torch.arange(16.0).view(1, 1, 1, 4, 4)
+        >>> pool_cells(dense).tolist(), pool_cells(dense, (2, 1)).tolist()  # top and bottom halves
+        ([[7.5]], [[3.5, 11.5]])
+    """
+    check_shape(dense, "B D T' H' W'", name="pool_cells dense")
+    if min(grid) < 1 or time_cells < 1:
+        raise ValueError(f"pool_cells: grid and time_cells must be positive, got grid={grid}, time_cells={time_cells}")
+    if tuple(grid) == (1, 1) and time_cells == 1:
+        return dense.mean(dim=(2, 3, 4))
+    cells = nn.functional.adaptive_avg_pool3d(dense, (time_cells, int(grid[0]), int(grid[1])))
+    return rearrange(cells, "B D t h w -> B (D t h w)")
+
+
+def pooled_dim(dim: int, grid: tuple[int, int] = (1, 1), time_cells: int = 1) -> int:
+    """Width of :func:`pool_cells`' output for an encoder of width ``dim``: ``dim * t * h * w``.
+
+    Example:
+        >>> pooled_dim(16, (2, 3), time_cells=2)
+        192
+    """
+    return dim * grid[0] * grid[1] * time_cells
+
+
+def encode_frames(
+    encoder: Encoder, frames: torch.Tensor, pool_grid: tuple[int, int] = (1, 1)
+) -> torch.Tensor:
+    """Encode every frame independently as a still clip of ``encoder.spec.min_frames`` copies; pool each.
+
+    Args:
+        encoder: any :class:`~stssl.encoders.base.Encoder`.
+        frames: ``(B, n, C, H, W)``.
+        pool_grid: ``(h, w)`` cells kept per frame (see :func:`pool_cells`).
+
+    Returns:
+        ``(B, n, D * h * w)``.
+    """
+    sizes = check_shape(frames, "B n C H W", name="frames")
+    repeat = max(1, encoder.spec.min_frames)
+    clips = rearrange(frames, "B n C H W -> (B n) C 1 H W").expand(-1, -1, repeat, -1, -1)
+    feats = pool_cells(encoder(clips).dense, pool_grid)
+    return rearrange(feats, "(B n) F -> B n F", n=sizes["n"])
+
+
+# ---------------------------------------------------------------------------------------------- heads
+
+
+def relu_layer(in_dim: int, out_dim: int) -> nn.Sequential:
+    """``Linear(in_dim, out_dim) -> ReLU``: the per-frame or per-pair layer of the ordering tasks.
+
+    Example:
+        >>> relu_layer(8, 4)(-torch.ones(2, 8)).shape
+        torch.Size([2, 4])
+    """
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(inplace=True))
+
+
+def dropout_linear(in_dim: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """``Dropout -> Linear(in_dim, out_dim)``: a classifier on already non-linear features.
+
+    Example:
+        >>> dropout_linear(8, 3, 0.5)(torch.zeros(2, 8)).shape
+        torch.Size([2, 3])
+    """
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+
+
+def mlp_head(in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """``Linear(in_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, out_dim)``.
+
+    Example:
+        >>> mlp_head(8, 16, 3)(torch.zeros(2, 8)).shape
+        torch.Size([2, 3])
+    """
+    return nn.Sequential(*relu_layer(in_dim, hidden), *dropout_linear(hidden, out_dim, dropout))
+
+
+def pair_relations(
+    feats: torch.Tensor, pairs: list[tuple[int, int]], pair_head: nn.Module, fusion: PairFusion = "concat"
+) -> torch.Tensor:
+    """Run ``pair_head`` on every pair of per-item features and concatenate the results.
+
+    Args:
+        feats: ``(B, n, F)`` one feature per frame or clip.
+        pairs: ``(i, j)`` index pairs into ``n`` (e.g. ``itertools.combinations(range(n), 2)``).
+        pair_head: maps a fused pair ``(B, 2F)`` (``"concat"``: ``[f_i, f_j]``) or ``(B, F)`` (``"diff"``:
+            ``f_i - f_j``) to ``(B, R)``.
+        fusion: how a pair is fed to ``pair_head``.
+
+    Returns:
+        ``(B, len(pairs) * R)``, pair-major.
+
+    Example:
+        >>> feats = torch.arange(6.0).view(1, 3, 2)
+        >>> pair_relations(feats, [(0, 1), (1, 2)], nn.Identity(), "diff").tolist()
+        [[-2.0, -2.0, -2.0, -2.0]]
+    """
+    check_shape(feats, "B n F", name="feats")
+    if fusion == "diff":
+        inputs = [feats[:, i] - feats[:, j] for i, j in pairs]
+    elif fusion == "concat":
+        inputs = [torch.cat([feats[:, i], feats[:, j]], dim=1) for i, j in pairs]
+    else:
+        raise ValueError(f"pair_relations: unknown fusion {fusion!r}; choose from ['diff', 'concat']")
+    return torch.cat([pair_head(x) for x in inputs], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def classification_output(logits: torch.Tensor, label: torch.Tensor) -> TaskOutput:
+    """Cross-entropy loss and detached ``loss``/``acc`` (top-1 accuracy) logs for a classification pretext task.
+
+    Args:
+        logits: ``(B, K)``.
+        label: ``(B,)`` int64 in ``[0, K)``.
+
+    Example:
+        >>> out = classification_output(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]))
+        >>> sorted(out.logs), float(out.logs["acc"])
+        (['acc', 'loss'], 0.5)
+    """
+    check_shape(logits, "B K", name="logits")
+    check_shape(label, "B", {"B": logits.shape[0]}, name="label")
+    loss = nn.functional.cross_entropy(logits, label)
+    acc = (logits.argmax(dim=1) == label).float().mean()
+    return TaskOutput(loss=loss, logs={"loss": loss.detach(), "acc": acc.detach()})
