@@ -104,12 +104,16 @@ class PoseNet(nn.Module):
         self.decoder = PoseDecoder(encoder.spec.dim, num_frames_to_predict=1, hidden=hidden)
 
     def forward(self, frames_a: torch.Tensor, frames_b: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(frames_a, frames_b)[0]
+
+    def forward_with_features(self, frames_a: torch.Tensor, frames_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(B, 6)`` pose vector and the encoder's pooled features ``(B, D)`` (for heads that share them)."""
         sizes = check_shape(frames_a, "B 3 H W", name="PoseNet frames_a")
         check_shape(frames_b, "B 3 H W", sizes, name="PoseNet frames_b")
         pair = torch.cat([frames_a, frames_b], dim=1)
         dense = self.encoder(rearrange(pair, "b c h w -> b c 1 h w")).dense
         feats = rearrange(dense, "b c t h w -> b c (t h) w")  # t == 1 for a per-frame encoder
-        return self.decoder(feats)[:, 0]
+        return self.decoder(feats)[:, 0], dense.mean(dim=(2, 3, 4))
 
 
 def posenet_18(**kwargs) -> PoseNet:

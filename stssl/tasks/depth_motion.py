@@ -37,7 +37,7 @@ from torch import nn
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.eval.metrics import depth_metrics
-from stssl.geometry.pose import pose_vec_to_matrix
+from stssl.geometry.pose import invert_pose, pose_vec_to_matrix
 from stssl.geometry.warp import warp_frame
 from stssl.heads.dense import TINY_DEC_CHANNELS, DisparityDecoder, disp_to_depth, frames_from_pyramid
 from stssl.heads.pose import PoseNet, posenet_18, posenet_tiny
@@ -388,15 +388,13 @@ class DepthMotionTask(PretextTask):
     def _pose(self, image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``b_from_a`` pose vectors ``(N, 6)`` and the pose encoder's pooled features ``(N, D)``.
 
-        The same computation as ``self.pose_net(a, b)`` (checked by the tests) with the translation times
-        ``translation_scale``, and the features kept for the intrinsics and brightness heads.
+        ``self.pose_net`` on the normalised images with the translation times ``translation_scale``, and the
+        features kept for the intrinsics and brightness heads.
         """
-        pair = torch.cat([self._norm(image_a), self._norm(image_b)], dim=1)
-        dense = self.pose_net.encoder(rearrange(pair, "n c h w -> n c 1 h w")).dense
-        vec = self.pose_net.decoder(rearrange(dense, "n c t h w -> n c (t h) w"))[:, 0]
+        vec, features = self.pose_net.forward_with_features(self._norm(image_a), self._norm(image_b))
         if self.translation_scale != 1.0:
             vec = torch.cat([vec[:, :3], self.translation_scale * vec[:, 3:]], dim=1)
-        return vec, dense.mean(dim=(2, 3, 4))
+        return vec, features
 
     def predict_depth(self, encoder: Encoder, image: torch.Tensor) -> torch.Tensor:
         """Depth of single images at scale 0.
@@ -491,10 +489,18 @@ class DepthMotionTask(PretextTask):
         images_src = torch.stack([video[:, :, i] for i in self.source_indices], dim=1)  # (B, S, 3, H, W)
         num_src = images_src.shape[1]
 
-        # Pose of every source, one batched call: PoseNet(tgt, src) is read as src_from_tgt.
+        # Pose of every source in one batched call, frames fed in temporal order as monodepth2 does: the pose net
+        # always sees (earlier, later) and predicts later_from_earlier; a source before the target takes the
+        # inverse. Fed (tgt, src) for every source instead, a net that has learnt only "the camera moves forward"
+        # (a constant) is wrong for one side, and the per-pixel minimum lets it ignore that side.
         flat_src = rearrange(images_src, "b s c h w -> (b s) c h w")
-        vec, features = self._pose(image_tgt.repeat_interleave(num_src, dim=0), flat_src)
-        src_from_tgt = rearrange(pose_vec_to_matrix(vec), "(b s) i j -> b s i j", s=num_src)
+        flat_tgt = image_tgt.repeat_interleave(num_src, dim=0)
+        before = torch.tensor([o < 0 for o in self.offsets], device=video.device).repeat(sizes["B"])  # (B*S,)
+        pick = before.view(-1, 1, 1, 1)
+        vec, features = self._pose(torch.where(pick, flat_src, flat_tgt), torch.where(pick, flat_tgt, flat_src))
+        later_from_earlier = pose_vec_to_matrix(vec)
+        src_from_tgt = torch.where(before.view(-1, 1, 1), invert_pose(later_from_earlier), later_from_earlier)
+        src_from_tgt = rearrange(src_from_tgt, "(b s) i j -> b s i j", s=num_src)
         brightness = None
         if self.brightness_head is not None:
             raw = rearrange(self.brightness_head(features), "(b s) k -> b s k", s=num_src)

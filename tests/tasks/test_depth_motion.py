@@ -353,10 +353,43 @@ def test_training_reduces_photometric_loss_and_depth_error(world: dict) -> None:
     print(f"before {before}\nafter  {after}")
     assert after["photo"] < 0.85 * before["photo"]
     assert after["abs_rel"] < before["abs_rel"] - 0.05
-    with torch.no_grad():  # src = t-1 lies behind the target: src_from_tgt moves points forward (+z)
-        tz_prev = task._pose(clips[:, :, 1], clips[:, :, 0])[0][:, 5]
-        tz_next = task._pose(clips[:, :, 1], clips[:, :, 2])[0][:, 5]
-    assert tz_prev.mean() > 0 > tz_next.mean(), (tz_prev, tz_next)
+    with torch.no_grad():  # pairs in temporal order: the camera advances, so later_from_earlier moves points to -z
+        tz_first = task._pose(clips[:, :, 0], clips[:, :, 1])[0][:, 5]
+        tz_second = task._pose(clips[:, :, 1], clips[:, :, 2])[0][:, 5]
+    assert tz_first.mean() < 0 and tz_second.mean() < 0, (tz_first, tz_second)
+
+
+def test_pose_pairs_are_fed_in_temporal_order_and_inverted_for_past_sources(monkeypatch) -> None:
+    """monodepth2's convention: the pose net sees (earlier, later); a source before the target gets the inverse."""
+    task, encoder = _task_and_encoder(offsets=(-1, 1), frame_offsets=(-1, 0, 1), scales=(0,))
+    video = torch.rand(2, 3, 3, 16, 48)
+    K = torch.tensor([[20.0, 0, 23.5], [0, 20.0, 7.5], [0, 0, 1]]).expand(2, 3, 3)
+    forward = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1.0])  # later_from_earlier: the camera advanced 1 along +z
+    calls = []
+
+    def fake_pose(image_a, image_b):
+        calls.append((image_a, image_b))
+        return forward.expand(len(image_a), 6), torch.zeros(len(image_a), 4)
+
+    seen = {}
+
+    def spy(image_tgt, images_src, depth, src_from_tgt, K, **kwargs):
+        seen["src_from_tgt"] = src_from_tgt
+        return real(image_tgt, images_src, depth, src_from_tgt, K, **kwargs)
+
+    import stssl.tasks.depth_motion as dm
+
+    real = dm.view_synthesis_loss
+    monkeypatch.setattr(task, "_pose", fake_pose)
+    monkeypatch.setattr(dm, "view_synthesis_loss", spy)
+    task({"video": video, "K": K}, encoder)
+    image_a, image_b = calls[0]  # rows (b, s): s = 0 is offset -1, s = 1 is offset +1
+    torch.testing.assert_close(image_a[0::2], video[:, :, 0])  # (t-1, t)
+    torch.testing.assert_close(image_b[0::2], video[:, :, 1])
+    torch.testing.assert_close(image_a[1::2], video[:, :, 1])  # (t, t+1)
+    torch.testing.assert_close(image_b[1::2], video[:, :, 2])
+    tz = seen["src_from_tgt"][..., 2, 3]  # (B, S): t-1 is behind the target (+1), t+1 ahead (-1)
+    torch.testing.assert_close(tz, torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
 
 
 LEARNING_RATE = 1e-3
