@@ -7,6 +7,10 @@ shape the task needs (decoding is measured by tools/bench_decode.py), so this is
 
     python tools/bench_train.py --json .bench/train.json
     python tools/bench_train.py --configs vcop:r3d_tiny:64x192 depth_motion:resnet18_2d_tiny:64x192 --steps 10
+    python tools/bench_train.py --matrix --json .bench/matrix.json   # every CPU preset x every temporal task, 64x64
+
+``--matrix`` pairs every CPU preset (:data:`stssl.encoders.CPU_PRESETS`) with every task at 64x64 (depth + motion
+only with the per-frame encoders, masked modelling only with the ViTs: the other pairs are not defined).
 
 Output: ``{"<task>:<encoder>:<H>x<W>": {"steps_per_s": x, "clips_per_s": y, "peak_rss_mb": z,
 "batch_size": b, "frames": t, "device": "cpu", "threads": n}, ...}``.
@@ -22,6 +26,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# The encoders a task is defined for (others: every encoder).
+TASK_ENCODERS = {
+    "depth_motion": ("resnet18_2d_tiny", "resnet50_2d_tiny"),
+    "mae": ("vit_micro",),
+}
+
+
+def matrix_configs(size: str = "64x64") -> list[str]:
+    """``task:encoder:size`` for every CPU preset x task pair that is defined."""
+    from stssl.encoders import CPU_PRESETS
+    from stssl.tasks import TASKS
+
+    return [
+        f"{task}:{encoder}:{size}"
+        for task in sorted(TASKS)
+        for encoder in CPU_PRESETS
+        if encoder in TASK_ENCODERS.get(task, CPU_PRESETS)
+    ]
+
 
 DEFAULT_CONFIGS = [
     "vcop:r3d_tiny:64x192",
@@ -48,7 +72,7 @@ def run_one(config: str, steps: int, warmup: int, batch_size: int, device: str) 
     task = TASKS[task_name]()
     task.build(encoder.spec)
     task.to(dev)
-    frames = task.requires.min_frames
+    frames = max(task.requires.min_frames, encoder.spec.min_frames, 2)
     batch = {"video": torch.rand(batch_size, 3, frames, height, width, device=dev)}
     if task.requires.intrinsics:
         K = torch.tensor([[0.58 * width, 0, width / 2 - 0.5], [0, 1.92 * height, height / 2 - 0.5], [0, 0, 1]])
@@ -90,6 +114,8 @@ def run_one(config: str, steps: int, warmup: int, batch_size: int, device: str) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="task:encoder:HxW entries")
+    parser.add_argument("--matrix", action="store_true", help="every CPU preset x task at --matrix-size")
+    parser.add_argument("--matrix-size", default="64x64")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -100,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if args._one:  # child process: one configuration, JSON on stdout
         print(json.dumps(run_one(args._one, args.steps, args.warmup, args.batch_size, args.device)))
         return 0
+    configs = matrix_configs(args.matrix_size) if args.matrix else args.configs
     results: dict[str, dict] = {}
     print(f"{'config':<42s} {'steps/s':>8s} {'clips/s':>8s} {'peak RSS MB':>12s}")
-    for config in args.configs:
+    for config in configs:
         cmd = [sys.executable, __file__, "--_one", config, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--batch-size", str(args.batch_size), "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
