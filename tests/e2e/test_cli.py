@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,35 @@ def test_each_config_serves_clips_its_tasks_can_use(config: Path) -> None:
     assert _frames_per_clip(data) >= model.requires.min_frames, (config, data.offsets, data.clip_len)
 
 
+TINY_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain" and c.stem.endswith("_tiny")]
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder the CPU configs render their (small) world into once."""
+    return tmp_path_factory.mktemp("world_cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", TINY_CONFIGS, ids=str)
+def test_each_cpu_config_trains_a_step_on_a_small_world(config: Path, small_world: Path, tmp_path: Path) -> None:
+    """Each tiny pretext config runs fit (2 train + 1 val batch) on a small world: its tasks log finite numbers."""
+    from stssl.cli import STSSLCLI
+
+    cli = STSSLCLI(SSLModule, ClipDataModule, args=[
+        "fit", "--config", str(ROOT / config), "--data.world_frames=24", "--data.world_train_seeds=[0]",
+        "--data.world_val_seeds=[7]", "--data.world_size=[64,192]", "--data.size=[32,64]", "--data.batch_size=2",
+        "--data.num_workers=0", f"--data.world_root={small_world}", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ])
+    metrics = cli.trainer.callback_metrics
+    for task in cli.model.tasks:
+        logged = {k: float(v) for k, v in metrics.items() if k.startswith(f"train/{task.name}/")}
+        assert logged, (config, sorted(metrics))
+        assert all(math.isfinite(v) for v in logged.values()), logged
+
+
 def test_help_lists_encoders_and_tasks() -> None:
     out = subprocess.run([sys.executable, "-m", "stssl.cli", "--help"], capture_output=True, text=True, check=True)
     assert "r3d_tiny" in out.stdout and "VCOPTask" in out.stdout and "fit" in out.stdout
@@ -98,3 +128,26 @@ def test_default_job_fast_dev_run_on_a_small_world(tmp_path: Path) -> None:
     # the checkpoint restores the whole module from its saved config
     restored = SSLModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert isinstance(restored.encoder, Encoder) and restored.tasks[0].name == "depth_motion"
+    # evaluating the checkpoint on another scene folder: `stssl-train validate` writes that scene's metrics
+    other = next(p for p in env_cache.iterdir() if p.name.startswith("driving_s0_"))
+    cmd = [
+        sys.executable, "-m", "stssl.cli", "validate", "--config", str(run / "config.yaml"),
+        "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), f"--data.val_sources=[{other}]",
+        f"--trainer.default_root_dir={tmp_path / 'eval'}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "version_0" / "metrics.json").read_text())
+    assert {"val/depth/abs_rel", "val/pose/ate"} <= set(evaluated)
+    assert evaluated["val/depth/abs_rel"] != metrics["val/depth/abs_rel"]  # another scene, other numbers
+    assert list((tmp_path / "eval" / "version_0" / "images").rglob(f"{other.name}_frame*.png"))
+    # depth maps and poses for a video, the size read from the checkpoint
+    cmd = [sys.executable, str(ROOT / "tools" / "predict_depth.py"), str(run / "checkpoints" / "last.ckpt"),
+           str(other / "video.mp4"), "--calib", str(other), "--out", str(tmp_path / "pred"), "--max-frames", "4"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import numpy as np
+
+    depth = np.load(tmp_path / "pred" / "depth.npz")["depth"]
+    assert depth.shape == (4, 32, 96) and np.isfinite(depth).all() and (depth > 0).all()
+    assert len((tmp_path / "pred" / "poses.txt").read_text().splitlines()) == 4
