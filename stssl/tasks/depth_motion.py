@@ -396,6 +396,19 @@ class DepthMotionTask(PretextTask):
             vec = torch.cat([vec[:, :3], self.translation_scale * vec[:, 3:]], dim=1)
         return vec, features
 
+    def _source_brightness(self, features: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """``(N, 2)`` affine ``(a, b)`` with ``a * I_src + b ~ I_tgt`` for pose features of (earlier, later) pairs.
+
+        The head sees the pair in temporal order, so it predicts the earlier-to-later change
+        ``I_later ~ g * I_earlier + o`` (``g = exp(.)``); a past source (``before``) takes ``(g, o)``, a future one
+        the inverse ``(1 / g, -o / g)``, as the poses do.
+        """
+        assert self.brightness_head is not None
+        log_gain, offset = self.brightness_head(features).unbind(dim=-1)
+        sign = torch.where(before, 1.0, -1.0).to(log_gain.dtype)
+        gain = (sign * log_gain).exp()
+        return torch.stack([gain, torch.where(before, offset, -offset * gain)], dim=-1)
+
     def predict_depth(self, encoder: Encoder, image: torch.Tensor) -> torch.Tensor:
         """Depth of single images at scale 0.
 
@@ -503,8 +516,7 @@ class DepthMotionTask(PretextTask):
         src_from_tgt = rearrange(src_from_tgt, "(b s) i j -> b s i j", s=num_src)
         brightness = None
         if self.brightness_head is not None:
-            raw = rearrange(self.brightness_head(features), "(b s) k -> b s k", s=num_src)
-            brightness = torch.stack([raw[..., 0].exp(), raw[..., 1]], dim=-1)
+            brightness = rearrange(self._source_brightness(features, before), "(b s) k -> b s k", s=num_src)
         if self.intrinsics_head is not None:
             params = rearrange(self.intrinsics_head(features), "(b s) k -> b s k", s=num_src).mean(dim=1)
             K = intrinsics_from_params(params, height, width)

@@ -161,6 +161,21 @@ def test_brightness_affine_explains_a_global_light_change() -> None:
     assert plain > 0.05 and corrected < 1e-5, (plain, corrected)
 
 
+def test_brightness_head_predicts_the_change_in_time_for_sources_on_both_sides() -> None:
+    """A light brightening by g per frame: one head output (log g, o) maps t-1 to t and, inverted, t+1 to t."""
+    task, _ = _task_and_encoder(brightness=True)
+    assert task.brightness_head is not None
+    with torch.no_grad():
+        task.brightness_head.weight.zero_()
+        task.brightness_head.bias.copy_(torch.tensor([math.log(1.25), 0.05]))  # I_later = 1.25 I_earlier + 0.05
+    before = torch.tensor([True, False])  # sources t-1 and t+1
+    affine = task._source_brightness(torch.zeros(2, task.pose_net.encoder.spec.dim), before)
+    image_tgt = torch.rand(1, 3, 4, 4) * 0.5 + 0.2
+    image_prev, image_next = (image_tgt - 0.05) / 1.25, 1.25 * image_tgt + 0.05
+    for (gain, offset), image_src in zip(affine, (image_prev, image_next), strict=True):
+        torch.testing.assert_close(gain * image_src + offset, image_tgt)
+
+
 def test_intrinsics_from_params_is_centred_and_positive() -> None:
     K = intrinsics_from_params(torch.zeros(3, 4), 32, 96)
     torch.testing.assert_close(K[:, :2, 2], torch.tensor([47.5, 15.5]).expand(3, 2))
