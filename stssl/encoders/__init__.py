@@ -25,7 +25,7 @@ from stssl.encoders.resnet3d import (
 from stssl.encoders.s3d import S3D, s3d, s3d_tiny
 from stssl.encoders.slowfast import SlowFast, slowfast_r50, slowfast_r101, slowfast_tiny
 from stssl.encoders.vit import VideoViT, vit_base, vit_micro, vit_micro_divided, vit_small, vit_tiny
-from stssl.encoders.x3d import X3D, x3d_l, x3d_m, x3d_s, x3d_tiny, x3d_xs
+from stssl.encoders.x3d import X3D, x3d_l, x3d_tiny, x3d_xs
 
 __all__ = ["CPU_PRESETS", "ENCODERS", "S3D", "X3D", "Encoder", "FrameEncoder2D", "ResNet3D", "SlowFast", "VideoViT", "build_encoder"]
 
@@ -45,8 +45,8 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "s3d": s3d,
     "s3d_tiny": s3d_tiny,
     "x3d_xs": x3d_xs,
-    "x3d_s": x3d_s,
-    "x3d_m": x3d_m,
+    "x3d_s": x3d_xs,  # X3D-S and -M are the X3D-XS network, trained on longer / larger clips
+    "x3d_m": x3d_xs,
     "x3d_l": x3d_l,
     "x3d_tiny": x3d_tiny,
     "slowfast_r50": slowfast_r50,

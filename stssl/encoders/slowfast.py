@@ -16,9 +16,14 @@ The :class:`~stssl.encoders.base.Encoder` contract takes one clip; the wrapper m
   ``fusion_kernel // 2``) is centred on, so fused and slow features align frame by frame.
 
 Each pyramid stage fuses the two pathways' stage outputs (before the lateral fusion) into one tensor: the fast
-features are averaged over windows of ``alpha`` frames (the last window may be shorter), which brings them to
-the slow pathway's ``ceil(T / alpha)`` frames, and concatenated on channels after the slow features. The last
-stage is then exactly the 2304-channel (R50) feature that pytorchvideo's head pools and classifies.
+features are brought to the slow pathway's ``ceil(T / alpha)`` frames by :func:`pool_fast_to_slow`, which
+averages them with the fusion convolution's temporal geometry (windows of ``fusion_kernel`` frames, stride
+``alpha``, padding ``fusion_kernel // 2``, padded frames not counted), so the window of slow frame ``j`` is
+centred on video frame ``alpha * j``, the frame the slow pathway sees (windows are cut short at the clip's ends).
+They are concatenated on channels after the slow features. The last stage's slow channels are exactly the slow
+half of the 2304-channel (R50) feature that pytorchvideo's head pools and classifies; its fast channels are
+pytorchvideo's fast-pathway output, averaged per slow frame, so ``pooled`` weights the fast frames slightly
+unevenly (windows overlap) where pytorchvideo's head averages them uniformly.
 """
 
 from __future__ import annotations
@@ -30,12 +35,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.types import EncoderSpec
 
-__all__ = ["SlowFast", "slowfast_r50", "slowfast_r101", "slowfast_tiny"]
+__all__ = ["SlowFast", "pool_fast_to_slow", "slowfast_r50", "slowfast_r101", "slowfast_tiny"]
 
 _DEPTHS = (18, 50, 101, 152)  # pytorchvideo's stage depths: 18 -> 1/1/1/1 bottlenecks, 50 -> 3/4/6/3, ...
+
+
+def pool_fast_to_slow(fast: torch.Tensor, alpha: int, kernel: int) -> torch.Tensor:
+    """Average fast-pathway features onto the slow frames: window ``j`` is centred on fast frame ``alpha * j``.
+
+    The temporal geometry of SlowFast's fast-to-slow fusion convolution (kernel ``kernel``, stride ``alpha``,
+    padding ``kernel // 2``): output frame ``j`` is the mean of fast frames ``[alpha*j - kernel//2,
+    alpha*j + kernel//2]`` that lie inside the clip (padding is not counted), so the pooled features line up with
+    the slow pathway's frames ``video[:, :, ::alpha]``.
+
+    Args:
+        fast: ``(B, C, T, H, W)`` fast-pathway features, one per input frame.
+        alpha: slow-pathway frame stride (>= 1).
+        kernel: window length in frames (odd, >= 1).
+
+    Returns:
+        ``(B, C, ceil(T / alpha), H, W)``.
+
+    Example:
+        >>> ramp = torch.arange(12.0).view(1, 1, 12, 1, 1)  # fast frame t holds t
+        >>> pool_fast_to_slow(ramp, alpha=4, kernel=3).flatten().tolist()  # windows [0, 1], [3, 5], [7, 9]
+        [0.5, 4.0, 8.0]
+    """
+    T = check_shape(fast, "B C T H W", name="pool_fast_to_slow: fast")["T"]
+    if alpha < 1 or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"pool_fast_to_slow: need alpha >= 1 and an odd kernel >= 1, got alpha={alpha}, kernel={kernel}")
+    if kernel == 1:
+        return fast[:, :, ::alpha]
+    # Zero-pad explicitly (avg_pool3d refuses T < kernel even with its own padding), sum each window, divide by the
+    # frames it really holds. T' = (T + 2 (k // 2) - k) // alpha + 1 = ceil(T / alpha) for odd k.
+    half = kernel // 2
+    sums = F.avg_pool3d(F.pad(fast, (0, 0, 0, 0, half, half)), (kernel, 1, 1), (alpha, 1, 1), divisor_override=1)
+    centres = torch.arange(sums.shape[2], device=fast.device) * alpha
+    held = (centres + half).clamp_max(T - 1) - (centres - half).clamp_min(0) + 1
+    return sums / held.to(sums.dtype).view(-1, 1, 1)
 
 
 class SlowFast(Encoder):
@@ -109,6 +150,7 @@ class SlowFast(Encoder):
         )
         self.blocks = nn.ModuleList(list(net.blocks)[:5])  # stem + 4 stages; drop pooling and head
         self.alpha = alpha
+        self.fusion_kernel = fusion_kernel
         self.depth = depth
         slow = tuple(width * 4 * 2**i for i in range(4))
         channels = tuple(c + c // beta_inv for c in slow)
@@ -133,10 +175,8 @@ class SlowFast(Encoder):
         return tuple(feats)
 
     def _fuse(self, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
-        """Average ``fast`` over windows of ``alpha`` frames down to ``slow``'s length; concatenate on channels."""
-        if self.alpha > 1:
-            fast = F.avg_pool3d(fast, (self.alpha, 1, 1), (self.alpha, 1, 1), ceil_mode=True)
-        return torch.cat([slow, fast], dim=1)
+        """Pool ``fast`` onto ``slow``'s frames (:func:`pool_fast_to_slow`); concatenate on channels after ``slow``."""
+        return torch.cat([slow, pool_fast_to_slow(fast, self.alpha, self.fusion_kernel)], dim=1)
 
 
 def slowfast_r50(**kwargs) -> SlowFast:

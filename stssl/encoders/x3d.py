@@ -7,9 +7,10 @@ The network is built by pytorchvideo's ``create_x3d``; only its stem and four re
 kept blocks stay in a ``ModuleList`` named ``blocks`` with pytorchvideo's indices, so a pytorchvideo X3D state
 dict without its ``blocks.5.`` keys loads as is.
 
-X3D-XS, -S and -M share one network (width factor 2.0, depth factor 2.2, stage depths 3/5/11/7) and differ only in
-the clip they are trained on: XS 4 frames at 160 px, S 13 at 160 px, M 16 at 224 px (X3D-L: depth factor 5.0,
-16 frames at 312 px). The paper gives 3.76M parameters for XS/S/M and 6.1M for L, head included; pytorchvideo's
+X3D-XS, -S and -M share one network (width factor 2.0, depth factor 2.2, stage depths 3/5/11/7) and differ only
+in the clip they are trained on: XS 4 frames at 160 px, S 13 at 160 px, M 16 at 224 px (X3D-L: depth factor 5.0,
+16 frames at 312 px). One builder, :func:`x3d_xs`, makes it; ``ENCODERS`` registers it as ``x3d_xs``, ``x3d_s``
+and ``x3d_m``. The paper gives 3.76M parameters for XS/S/M and 6.1M for L, head included; pytorchvideo's
 networks count 3.79M and 6.15M with a 400-class head, of which the head is 1.79M, so the backbones here have
 2.01M (XS/S/M) and 4.37M (L) parameters.
 
@@ -27,7 +28,7 @@ from torch import nn
 from stssl.encoders.base import Encoder
 from stssl.types import EncoderSpec
 
-__all__ = ["X3D", "x3d_xs", "x3d_s", "x3d_m", "x3d_l", "x3d_tiny"]
+__all__ = ["X3D", "x3d_l", "x3d_tiny", "x3d_xs"]
 
 _STRIDES = ((1, 2, 2), (1, 4, 4), (1, 8, 8), (1, 16, 16), (1, 32, 32))
 
@@ -114,17 +115,12 @@ def _out_channels(block: nn.Module) -> int:
 
 
 def x3d_xs(**kwargs) -> X3D:
-    """X3D-XS (2.01M parameters without the head; trained on 4-frame 160 px clips)."""
-    return X3D(**{"width_factor": 2.0, "depth_factor": 2.2, **kwargs})
+    """X3D-XS, -S and -M: one network (2.01M parameters without the head), registered under the three names.
 
-
-def x3d_s(**kwargs) -> X3D:
-    """X3D-S: the X3D-XS network, trained on 13-frame 160 px clips (2.01M parameters without the head)."""
-    return X3D(**{"width_factor": 2.0, "depth_factor": 2.2, **kwargs})
-
-
-def x3d_m(**kwargs) -> X3D:
-    """X3D-M: the X3D-XS network, trained on 16-frame 224 px clips (2.01M parameters without the head)."""
+    The three differ only in the clips they are trained on (XS 4 frames at 160 px, S 13 at 160 px, M 16 at
+    224 px), which is the data's business, not the encoder's; ``ENCODERS`` maps ``"x3d_s"`` and ``"x3d_m"`` to this
+    builder.
+    """
     return X3D(**{"width_factor": 2.0, "depth_factor": 2.2, **kwargs})
 
 

@@ -192,14 +192,14 @@ def knn_classify(
     Args:
         train_x: ``(N, D)`` train features (any scale: rows are L2-normalised here).
         train_y: ``(N,)`` int train labels in ``[0, K)``.
-        test_x: ``(M, D)`` test features.
+        test_x: ``(M, D)`` test features, on any device (each chunk is moved to ``train_x``'s device).
         k: neighbours (capped at ``N``).
         temperature: ``T`` of the vote weights; small ``T`` approaches 1-NN, large ``T`` a plain majority.
         num_classes: ``K`` (default ``max(train_y) + 1``).
         chunk_size: test rows per similarity block (bounds memory at ``chunk_size x N``).
 
     Returns:
-        int64 ``(M,)`` predicted classes; ties go to the lowest class index.
+        int64 ``(M,)`` predicted classes on ``train_x``'s device; ties go to the lowest class index.
 
     Example:
         >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
@@ -221,7 +221,7 @@ def knn_classify(
     train_y = train_y.to(device=train_x.device, dtype=torch.int64)
     preds = []
     for start in range(0, len(test_x), chunk_size):
-        test_n = F.normalize(test_x[start : start + chunk_size].float(), dim=1)
+        test_n = F.normalize(test_x[start : start + chunk_size].to(train_x.device).float(), dim=1)
         sim = test_n @ train_n.T  # (m, N) cosine similarity
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
@@ -244,7 +244,8 @@ def knn_accuracy(
     num_classes: int | None = None,
 ) -> float:
     """Top-1 accuracy of :func:`knn_classify` on ``(test_x, test_y)`` (``test_y`` ``(M,)``)."""
-    check_shape(test_y, "M", check_shape(test_x, "M D"), name="knn_accuracy: test_y")
+    sizes = check_shape(test_x, "M D", name="knn_accuracy: test_x")
+    check_shape(test_y, "M", sizes, name="knn_accuracy: test_y")
     pred = knn_classify(train_x, train_y, test_x, k=k, temperature=temperature, num_classes=num_classes)
     return float((pred.cpu() == test_y.cpu()).float().mean())
 
@@ -257,7 +258,8 @@ def mean_class_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: i
         >>> float((pred == target).float().mean()), mean_class_accuracy(pred, target)
         (0.75, 0.5)
     """
-    check_shape(pred, "N", check_shape(target, "N"), name="mean_class_accuracy: pred")
+    sizes = check_shape(target, "N", name="mean_class_accuracy: target")
+    check_shape(pred, "N", sizes, name="mean_class_accuracy: pred")
     pred, target = pred.cpu().long(), target.cpu().long()
     num_k = int(target.max()) + 1 if num_classes is None else num_classes
     accs = [float((pred[target == c] == c).float().mean()) for c in range(num_k) if bool((target == c).any())]

@@ -113,10 +113,14 @@ def ego_motion_labels(world_from_camera: torch.Tensor | np.ndarray, *, yaw_thres
     check_shape(poses, "T 4 4", name="ego_motion_labels: world_from_camera")
     if yaw_threshold_deg <= 0:
         raise ValueError(f"ego_motion_labels: yaw_threshold_deg must be > 0, got {yaw_threshold_deg}")
-    yaw = float(clip_yaw_deg(poses))
-    if abs(yaw) < yaw_threshold_deg:
+    return _label_from_yaw(float(clip_yaw_deg(poses)), yaw_threshold_deg)
+
+
+def _label_from_yaw(yaw_deg: float, yaw_threshold_deg: float) -> int:
+    """The class of a clip yaw (degrees): straight below the threshold, else left (negative) or right (positive)."""
+    if abs(yaw_deg) < yaw_threshold_deg:
         return STRAIGHT
-    return RIGHT if yaw > 0 else LEFT
+    return RIGHT if yaw_deg > 0 else LEFT
 
 
 class LabelledClips(Dataset):
@@ -239,7 +243,7 @@ def _split(
                 dropped += 1
             else:
                 items.append(item)
-                labels.append(ego_motion_labels(poses[idx[w]], yaw_threshold_deg=yaw_threshold_deg))
+                labels.append(_label_from_yaw(y, yaw_threshold_deg))
                 windows.append(idx[w])
                 scenes.append(d.name)
                 yaws.append(y)

@@ -4,9 +4,6 @@ Each clip is played forward or reversed (label 0 or 1), encoded as a whole by th
 classifies the direction from the encoder's dense features. The task needs an encoder that mixes time (a 3D CNN):
 a per-frame encoder sees the same frames either way, so after temporal pooling it is blind to direction unless
 ``time_cells > 1`` keeps the features of successive time steps apart.
-
-:func:`pool_cells`, :func:`mlp_head` and :func:`check_pool_grid` now live in :mod:`stssl.tasks.common`; they are
-re-exported here for code that imports them from this module.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.common import (
     check_clip_len,
     check_pool_grid,
-    check_video_frames,
     classification_output,
     gather_frames,
     mlp_head,
@@ -32,7 +28,7 @@ from stssl.tasks.common import (
 )
 from stssl.types import EncoderSpec, TaskOutput
 
-__all__ = ["ArrowBatch", "ArrowTask", "check_pool_grid", "make_arrow_batch", "mlp_head", "pool_cells"]
+__all__ = ["ArrowBatch", "ArrowTask", "make_arrow_batch"]
 
 
 @dataclass
@@ -53,7 +49,11 @@ class ArrowBatch:
 
 
 def make_arrow_batch(
-    video: torch.Tensor, clip_len: int = 8, *, generator: torch.Generator | None = None
+    video: torch.Tensor,
+    clip_len: int = 8,
+    *,
+    generator: torch.Generator | None = None,
+    owner: str = "make_arrow_batch",
 ) -> ArrowBatch:
     """Cut a window of ``clip_len`` consecutive frames from each video and reverse it with probability 1/2.
 
@@ -63,6 +63,7 @@ def make_arrow_batch(
         video: ``(B, C, T, H, W)`` with ``T >= clip_len``.
         clip_len: frames per clip ``L`` (at least 2, so direction is defined).
         generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
 
     Returns:
         An :class:`ArrowBatch`.
@@ -76,10 +77,10 @@ def make_arrow_batch(
         >>> bool((steps == torch.where(out.label == 1, -1, 1)[:, None]).all())
         True
     """
-    sizes = check_shape(video, "B C T H W", name="video")
-    check_clip_len("make_arrow_batch", clip_len)
+    sizes = check_shape(video, "B C T H W", name=f"{owner}: video")
+    check_clip_len(owner, clip_len)
     if sizes["T"] < clip_len:
-        raise ValueError(f"make_arrow_batch: video has T={sizes['T']} frames, needs clip_len = {clip_len}")
+        raise ValueError(f"{owner}: video has T={sizes['T']} frames, needs clip_len = {clip_len}")
     B = sizes["B"]
     label = torch.randint(2, (B,), generator=generator)
     start = torch.randint(sizes["T"] - clip_len + 1, (B,), generator=generator)
@@ -144,9 +145,7 @@ class ArrowTask(PretextTask):
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.head is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_video_frames("ArrowTask", video, self.clip_len, "clip_len")
         gen = generator if generator is not None else self.next_generator()
-        ab = make_arrow_batch(video, self.clip_len, generator=gen)
+        ab = make_arrow_batch(batch["video"], self.clip_len, generator=gen, owner=type(self).__name__)
         feats = pool_cells(encoder(ab.clips).dense, self.pool_grid, self.time_cells)
         return classification_output(self.head(feats), ab.label)

@@ -2,8 +2,8 @@
 
 Each task draws its labels with its own ``make_<task>_batch``; what they have in common lives here:
 
-- option checks: :func:`check_pool_grid`, :func:`check_clip_len`, :func:`check_ordered_draw`,
-  :func:`check_video_frames`;
+- option checks: :func:`check_pool_grid`, :func:`check_clip_len`, :func:`check_ordered_draw` (the clip-length
+  check itself is each ``make_<task>_batch``'s, which takes an ``owner`` to name the task in its errors);
 - labels and frame draws: :func:`order_permutations`, :func:`ordered_min_frames`, :func:`sample_ordered_frames`,
   :func:`gather_frames`;
 - features: :func:`pool_cells` (dense map to one flat feature, keeping a coarse grid of cells),
@@ -30,7 +30,6 @@ __all__ = [
     "check_clip_len",
     "check_ordered_draw",
     "check_pool_grid",
-    "check_video_frames",
     "classification_output",
     "dropout_linear",
     "encode_frames",
@@ -137,27 +136,6 @@ def check_ordered_draw(owner: str, num: int, min_gap: int = 1, max_span: int | N
     if max_span is not None and max_span < need:
         raise ValueError(f"{owner}: max_span={max_span} cannot hold {num} frames {min_gap} apart (needs {need})")
     return need
-
-
-def check_video_frames(owner: str, video: torch.Tensor, need: int, rule: str) -> None:
-    """Raise a clear error when a ``(B, C, T, H, W)`` video has fewer than ``need`` frames.
-
-    Other ranks pass through: the task's ``make_<task>_batch`` reports them with :func:`~stssl.checks.check_shape`.
-
-    Args:
-        owner: how the message names the caller.
-        video: ``(B, C, T, H, W)``.
-        need: the fewest frames the caller accepts.
-        rule: how ``need`` follows from the options, e.g. ``"clip_len"``.
-
-    Example:
-        >>> check_video_frames("MyTask", torch.zeros(1, 3, 5, 4, 4), 6, "clip_len")
-        Traceback (most recent call last):
-        ...
-        ValueError: MyTask: video has T=5 frames, needs clip_len = 6
-    """
-    if video.dim() == 5 and video.shape[2] < need:
-        raise ValueError(f"{owner}: video has T={video.shape[2]} frames, needs {rule} = {need}")
 
 
 # ---------------------------------------------------------------------------------------------- frame draws

@@ -14,6 +14,7 @@ tubelet's pixels are flattened ``(pt ph pw C)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -181,12 +182,14 @@ def normalize_patches(
 
 
 def sincos_pos_embed_3d(
-    grid: Grid, dim: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    grid: Grid, dim: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Fixed separable sin-cos positions for a ``(T', H', W')`` token grid: ``(T' H' W', dim)``.
 
     The channels are split into a temporal part and two equal spatial parts (each even); each part is the 1D
     transformer encoding ``[sin(p w_i), cos(p w_i)]`` with ``w_i = 10000^(-i / (d/2))`` of its coordinate.
+    The table is computed once per ``(grid, dim)`` in float64 on the CPU and cached; each call returns a fresh
+    copy converted to ``device`` and ``dtype`` (so float64-less devices such as MPS work).
 
     Example:
         >>> sincos_pos_embed_3d((2, 3, 4), 12).shape
@@ -194,19 +197,28 @@ def sincos_pos_embed_3d(
     """
     if dim < 6 or dim % 2:
         raise ValueError(f"sincos_pos_embed_3d: dim must be even and >= 6, got {dim}")
+    t, h, w = (int(g) for g in grid)
+    if min(t, h, w) < 1:
+        raise ValueError(f"sincos_pos_embed_3d: grid must be three positive ints, got {tuple(grid)}")
+    # convert on the CPU (a fresh tensor: the cached table stays untouched), then move: no float64 on ``device``
+    return _sincos_table(t, h, w, int(dim)).to(dtype=dtype, copy=True).to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _sincos_table(t: int, h: int, w: int, dim: int) -> torch.Tensor:
+    """The float64 CPU table of :func:`sincos_pos_embed_3d` (cached: treat it as read-only)."""
     d_s = 2 * (dim // 6)
     d_t = dim - 2 * d_s
 
     def encode(n: int, d: int) -> torch.Tensor:
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, device=device, dtype=torch.float64) / (d // 2))
-        angle = torch.arange(n, device=device, dtype=torch.float64)[:, None] * omega[None, :]
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64, device="cpu") / (d // 2))
+        angle = torch.arange(n, dtype=torch.float64, device="cpu")[:, None] * omega[None, :]
         return torch.cat([angle.sin(), angle.cos()], dim=1)  # (n, d)
 
-    t, h, w = grid
     et = encode(t, d_t)[:, None, None, :].expand(t, h, w, d_t)
     eh = encode(h, d_s)[None, :, None, :].expand(t, h, w, d_s)
     ew = encode(w, d_s)[None, None, :, :].expand(t, h, w, d_s)
-    return rearrange(torch.cat([et, eh, ew], dim=-1), "t h w D -> (t h w) D").to(dtype)
+    return rearrange(torch.cat([et, eh, ew], dim=-1), "t h w D -> (t h w) D").contiguous()
 
 
 class MaskedVideoTask(PretextTask):

@@ -24,7 +24,6 @@ from stssl.tasks.common import (
     PairFusion,
     check_ordered_draw,
     check_pool_grid,
-    check_video_frames,
     classification_output,
     dropout_linear,
     encode_frames,
@@ -87,6 +86,7 @@ def make_opn_batch(
     max_span: int | None = None,
     *,
     generator: torch.Generator | None = None,
+    owner: str = "make_opn_batch",
 ) -> OPNBatch:
     """Draw ``num_frames`` ordered frames per video and shuffle them by a random class and direction.
 
@@ -98,6 +98,7 @@ def make_opn_batch(
         min_gap: smallest gap between consecutive drawn frames.
         max_span: the frames fit in this many consecutive frames (None: anywhere in the clip).
         generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
 
     Returns:
         An :class:`OPNBatch`.
@@ -111,12 +112,10 @@ def make_opn_batch(
         >>> bool(((out.permutation == canon) | (out.permutation == canon.flip(1))).all(dim=1).all())
         True
     """
-    sizes = check_shape(video, "B C T H W", name="video")
+    sizes = check_shape(video, "B C T H W", name=f"{owner}: video")
     classes = opn_classes(num_frames)
     B = sizes["B"]
-    ordered = sample_ordered_frames(
-        B, sizes["T"], num_frames, min_gap, max_span, generator=generator, owner="make_opn_batch"
-    )
+    ordered = sample_ordered_frames(B, sizes["T"], num_frames, min_gap, max_span, generator=generator, owner=owner)
     label = torch.randint(len(classes), (B,), generator=generator)
     reverse = torch.randint(2, (B,), generator=generator)
     permutation = torch.where(reverse[:, None] == 1, classes[label].flip(1), classes[label])
@@ -199,10 +198,10 @@ class OPNTask(PretextTask):
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.pair_head is None or self.classifier is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_video_frames("OPNTask", video, self.requires.min_frames, "(num_frames-1)*min_gap+1")
         gen = generator if generator is not None else self.next_generator()
-        ob = make_opn_batch(video, self.num_frames, self.min_gap, self.max_span, generator=gen)
+        ob = make_opn_batch(
+            batch["video"], self.num_frames, self.min_gap, self.max_span, generator=gen, owner=type(self).__name__
+        )
         feats = encode_frames(encoder, ob.frames, self.pool_grid)  # (B, n, F)
         relations = pair_relations(feats, self.pairs, self.pair_head, self.pair_fusion)
         return classification_output(self.classifier(relations), ob.label)

@@ -7,9 +7,6 @@ negative tuple keeps the outer frames and puts a frame from outside their window
 ``(b, e, d)`` (or reversed). Each of the three frames is encoded independently by the shared encoder (as a
 single-frame clip, repeated to the encoder's ``min_frames``), and a head classifies "in order" from the
 concatenated per-frame features. Labels are drawn 50/50.
-
-:func:`ordered_min_frames`, :func:`sample_ordered_frames`, :func:`gather_frames` and :func:`encode_frames` now live
-in :mod:`stssl.tasks.common`; they are re-exported here for code that imports them from this module.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.common import (
     check_ordered_draw,
     check_pool_grid,
-    check_video_frames,
     classification_output,
     dropout_linear,
     encode_frames,
@@ -38,15 +34,7 @@ from stssl.tasks.common import (
 )
 from stssl.types import EncoderSpec, TaskOutput
 
-__all__ = [
-    "ShuffleLearnBatch",
-    "ShuffleLearnTask",
-    "encode_frames",
-    "gather_frames",
-    "make_shuffle_learn_batch",
-    "ordered_min_frames",
-    "sample_ordered_frames",
-]
+__all__ = ["ShuffleLearnBatch", "ShuffleLearnTask", "make_shuffle_learn_batch"]
 
 
 @dataclass
@@ -73,6 +61,7 @@ def make_shuffle_learn_batch(
     max_span: int | None = None,
     *,
     generator: torch.Generator | None = None,
+    owner: str = "make_shuffle_learn_batch",
 ) -> ShuffleLearnBatch:
     """Build one positive or negative frame triplet per video (50/50), as Misra et al. sample them.
 
@@ -84,6 +73,7 @@ def make_shuffle_learn_batch(
         min_gap: smallest gap between consecutive frames of ``a < b < c < d < e``.
         max_span: ``a..e`` fit in this many consecutive frames (None: anywhere in the clip).
         generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
 
     Returns:
         A :class:`ShuffleLearnBatch`.
@@ -98,11 +88,9 @@ def make_shuffle_learn_batch(
         >>> bool((between.long() == out.label).all())
         True
     """
-    sizes = check_shape(video, "B C T H W", name="video")
+    sizes = check_shape(video, "B C T H W", name=f"{owner}: video")
     B = sizes["B"]
-    tup = sample_ordered_frames(
-        B, sizes["T"], 5, min_gap, max_span, generator=generator, owner="make_shuffle_learn_batch"
-    )
+    tup = sample_ordered_frames(B, sizes["T"], 5, min_gap, max_span, generator=generator, owner=owner)
     label = torch.randint(2, (B,), generator=generator)
     outer = torch.randint(2, (B,), generator=generator)  # negatives: 0 takes a, 1 takes e
     reverse = torch.randint(2, (B,), generator=generator)
@@ -176,10 +164,10 @@ class ShuffleLearnTask(PretextTask):
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.frame_head is None or self.classifier is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_video_frames("ShuffleLearnTask", video, self.requires.min_frames, "4*min_gap+1")
         gen = generator if generator is not None else self.next_generator()
-        sb = make_shuffle_learn_batch(video, self.min_gap, self.max_span, generator=gen)
+        sb = make_shuffle_learn_batch(
+            batch["video"], self.min_gap, self.max_span, generator=gen, owner=type(self).__name__
+        )
         feats = self.frame_head(encode_frames(encoder, sb.frames, self.pool_grid))  # (B, 3, hidden)
         logits = self.classifier(rearrange(feats, "B n F -> B (n F)"))
         return classification_output(logits, sb.label)

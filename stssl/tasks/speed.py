@@ -20,7 +20,6 @@ from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.common import (
     check_clip_len,
     check_pool_grid,
-    check_video_frames,
     classification_output,
     gather_frames,
     mlp_head,
@@ -74,6 +73,7 @@ def make_speed_batch(
     speeds: Sequence[int] = (1, 2, 4),
     *,
     generator: torch.Generator | None = None,
+    owner: str = "make_speed_batch",
 ) -> SpeedBatch:
     """Sub-sample ``clip_len`` frames from each video at a random speed and a random start.
 
@@ -85,6 +85,7 @@ def make_speed_batch(
         clip_len: frames per clip ``L``.
         speeds: the frame strides to choose from (the classes, in order).
         generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
 
     Returns:
         A :class:`SpeedBatch`.
@@ -95,14 +96,12 @@ def make_speed_batch(
         >>> bool((out.clips.flatten(1).diff(dim=1) == out.speed[:, None]).all())
         True
     """
-    sizes = check_shape(video, "B C T H W", name="video")
-    speeds = _check_speeds("make_speed_batch", speeds)
-    check_clip_len("make_speed_batch", clip_len)
+    sizes = check_shape(video, "B C T H W", name=f"{owner}: video")
+    speeds = _check_speeds(owner, speeds)
+    check_clip_len(owner, clip_len)
     need = speed_min_frames(clip_len, speeds)
     if sizes["T"] < need:
-        raise ValueError(
-            f"make_speed_batch: video has T={sizes['T']} frames, needs (clip_len-1)*max(speeds)+1 = {need}"
-        )
+        raise ValueError(f"{owner}: video has T={sizes['T']} frames, needs (clip_len-1)*max(speeds)+1 = {need}")
     B = sizes["B"]
     label = torch.randint(len(speeds), (B,), generator=generator)
     speed = torch.tensor(speeds, dtype=torch.long)[label]
@@ -165,9 +164,7 @@ class SpeedTask(PretextTask):
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.head is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_video_frames("SpeedTask", video, self.requires.min_frames, "(clip_len-1)*max(speeds)+1")
         gen = generator if generator is not None else self.next_generator()
-        sb = make_speed_batch(video, self.clip_len, self.speeds, generator=gen)
+        sb = make_speed_batch(batch["video"], self.clip_len, self.speeds, generator=gen, owner=type(self).__name__)
         logits = self.head(pool_cells(encoder(sb.clips).dense, self.pool_grid))
         return classification_output(logits, sb.label)

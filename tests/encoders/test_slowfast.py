@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from stssl.encoders.slowfast import SlowFast, slowfast_r50, slowfast_r101, slowfast_tiny
+from stssl.encoders.slowfast import SlowFast, pool_fast_to_slow, slowfast_r50, slowfast_r101, slowfast_tiny
 
 # fvcore (imported by pytorchvideo) calls the deprecated torch.jit.script at import
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
@@ -44,25 +44,49 @@ def test_spec_of_tiny() -> None:
     assert slowfast_tiny(alpha=8)(torch.rand(2, 3, 8, 32, 32)).dense.shape == (2, 320, 1, 1, 1)
 
 
+@pytest.mark.parametrize(("alpha", "kernel"), [(4, 7), (4, 5), (2, 3), (8, 7), (4, 1), (1, 1)])
+def test_pool_fast_to_slow_centres_window_j_on_frame_alpha_j(alpha: int, kernel: int) -> None:
+    """On a ramp (fast frame t holds t) a symmetric window averages to its centre: slow frame j reads alpha * j."""
+    T = 4 * alpha + 3
+    ramp = torch.arange(float(T)).view(1, 1, T, 1, 1).expand(2, 3, T, 2, 2)
+    pooled = pool_fast_to_slow(ramp, alpha, kernel)
+    assert pooled.shape == (2, 3, -(-T // alpha), 2, 2)
+    half = kernel // 2
+    for j in range(pooled.shape[2]):
+        lo, hi = max(0, alpha * j - half), min(T - 1, alpha * j + half)  # the window, cut at the clip's ends
+        assert torch.all(pooled[:, :, j] == (lo + hi) / 2), (j, pooled[0, 0, j, 0, 0])
+        if alpha * j - half >= 0 and alpha * j + half < T:
+            assert torch.all(pooled[:, :, j] == alpha * j)  # an uncut window is centred on the slow frame
+    # padding is not counted: a constant stays constant up to the ends
+    for frames in (1, 2, alpha, T):  # also clips shorter than the window
+        ones = pool_fast_to_slow(torch.ones(1, 2, frames, 1, 1), alpha, kernel)
+        torch.testing.assert_close(ones, torch.ones(1, 2, -(-frames // alpha), 1, 1))
+    with pytest.raises(ValueError, match="odd kernel"):
+        pool_fast_to_slow(ramp, 4, 4)
+
+
 def test_pathways_and_fused_stage_layout() -> None:
     torch.manual_seed(0)
-    enc = slowfast_tiny().eval()
+    enc = slowfast_tiny().eval()  # alpha 4, fusion kernel 7
     video = torch.rand(2, 3, 10, 32, 32)
     slow, fast = enc.pathways(video)
     torch.testing.assert_close(slow, video[:, :, [0, 4, 8]])
     assert fast is video
-    # the stage-1 feature is [slow res2 output, fast res2 output averaged over frames 0-3, 4-7, 8-9]
+    # the stage-1 feature is [slow res2 output, fast res2 output averaged over the 7-frame windows centred on the
+    # slow frames 0, 4, 8, cut at the clip's ends: frames 0-3, 1-7, 5-9]
     with torch.no_grad():
         xs = [block(x) for block, x in zip(enc.blocks[0].multipathway_blocks, (slow, fast), strict=True)]
         xs = enc.blocks[0].multipathway_fusion(xs)
         slow1, fast1 = (block(x) for block, x in zip(enc.blocks[1].multipathway_blocks, xs, strict=True))
         feat = enc(video).pyramid[0]
     torch.testing.assert_close(feat[:, : slow1.shape[1]], slow1)
-    fast_pooled = torch.stack([fast1[:, :, a:b].mean(2) for a, b in ((0, 4), (4, 8), (8, 10))], dim=2)
+    fast_pooled = torch.stack([fast1[:, :, a:b].mean(2) for a, b in ((0, 4), (1, 8), (5, 10))], dim=2)
     torch.testing.assert_close(feat[:, slow1.shape[1] :], fast_pooled)
 
 
 def test_last_stage_is_pytorchvideo_head_feature() -> None:
+    """Weights load into pytorchvideo's network and the last stage is its two pathway features: slow as is, fast
+    pooled onto the slow frames; the slow half of ``pooled`` is exactly what pytorchvideo's head pools."""
     torch.manual_seed(0)
     enc = slowfast_tiny().eval()
     net = _create_slowfast(
@@ -78,10 +102,13 @@ def test_last_stage_is_pytorchvideo_head_feature() -> None:
     video = torch.rand(2, 3, 8, 32, 32)
     with torch.no_grad():
         xs = [video[:, :, ::4], video]
-        for block in list(net.blocks)[:6]:
+        for block in list(net.blocks)[:5]:
             xs = block(xs)
-        # pytorchvideo's pooled, concatenated 2-pathway feature (what its classifier sees)
-        torch.testing.assert_close(enc(video).pooled, xs.flatten(1))
+        head_feature = net.blocks[5](list(xs)).flatten(1)  # (it pools the list in place) pytorchvideo's pooled 2-pathway feature (its classifier's input)
+        out = enc(video)
+    slow, fast = xs
+    torch.testing.assert_close(out.dense, torch.cat([slow, pool_fast_to_slow(fast, 4, 7)], dim=1))
+    torch.testing.assert_close(out.pooled[:, : slow.shape[1]], head_feature[:, : slow.shape[1]])
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stssl.encoders.x3d import X3D, x3d_l, x3d_m, x3d_s, x3d_tiny, x3d_xs
+from stssl.encoders import ENCODERS
+from stssl.encoders.x3d import X3D, x3d_l, x3d_tiny, x3d_xs
 
 # fvcore (imported by pytorchvideo) calls the deprecated torch.jit.script at import
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
@@ -43,12 +44,7 @@ def test_spec_of_tiny_and_knobs() -> None:
 
 @pytest.mark.parametrize(
     ("builder", "depth_factor", "expected"),
-    [
-        (x3d_xs, 2.2, X3D_XS_BACKBONE_PARAMS),
-        (x3d_s, 2.2, X3D_XS_BACKBONE_PARAMS),
-        (x3d_m, 2.2, X3D_XS_BACKBONE_PARAMS),
-        (x3d_l, 5.0, X3D_L_BACKBONE_PARAMS),
-    ],
+    [(x3d_xs, 2.2, X3D_XS_BACKBONE_PARAMS), (x3d_l, 5.0, X3D_L_BACKBONE_PARAMS)],
 )
 def test_standard_sizes_match_pytorchvideo_without_head(builder, depth_factor: float, expected: int) -> None:
     enc = builder()
@@ -58,6 +54,12 @@ def test_standard_sizes_match_pytorchvideo_without_head(builder, depth_factor: f
     assert sum(p.numel() for n, p in net.named_parameters() if not n.startswith("blocks.5.")) == expected
     # same module names as pytorchvideo: its state dict (head dropped) loads as is
     enc.load_state_dict(_head_free(net.state_dict()), strict=True)
+
+
+def test_xs_s_m_are_one_network_under_three_names() -> None:
+    """X3D-S and -M differ from XS only in their training clips: the registry maps all three to one builder."""
+    assert ENCODERS["x3d_xs"] is ENCODERS["x3d_s"] is ENCODERS["x3d_m"] is x3d_xs
+    assert ENCODERS["x3d_l"] is x3d_l and ENCODERS["x3d_tiny"] is x3d_tiny
 
 
 def test_features_equal_pytorchvideo_blocks() -> None:

@@ -69,6 +69,19 @@ def test_knn_is_scale_invariant_and_counts_unseen_classes() -> None:
         knn_classify(x[:20], y[:20], x[20:, :4])
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["meta", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_knn_moves_test_features_to_the_train_device(device: str) -> None:
+    """A CPU test set against a train bank on another device: the similarities are computed there."""
+    x, y = _clusters(40, 8, 3, seed=0)
+    pred = knn_classify(x[:20].to(device), y[:20], x[20:], k=5, num_classes=3, chunk_size=7)
+    assert pred.device.type == device and pred.shape == (20,) and pred.dtype == torch.int64
+    if device != "meta":
+        assert torch.equal(pred.cpu(), knn_classify(x[:20], y[:20], x[20:], k=5, num_classes=3))
+
+
 def test_probes_separate_clusters_and_stay_at_chance_on_random_labels() -> None:
     x, y = _clusters(300, 16, 3, seed=0)
     train_x, train_y, test_x, test_y = x[:150], y[:150], x[150:], y[150:]
@@ -131,6 +144,18 @@ def test_mean_class_accuracy_weights_classes_equally() -> None:
     target = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])
     pred = torch.tensor([0, 0, 0, 0, 0, 0, 0, 2])
     assert mean_class_accuracy(pred, target) == pytest.approx((1.0 + 0.0 + 1.0) / 3)
+    with pytest.raises(ValueError, match="mean_class_accuracy: pred"):
+        mean_class_accuracy(pred[:5], target)
+    with pytest.raises(ValueError, match="mean_class_accuracy: target"):
+        mean_class_accuracy(pred, target[:, None])
+
+
+def test_knn_accuracy_names_its_inputs() -> None:
+    x, y = _clusters(20, 4, 2, seed=0)
+    with pytest.raises(ValueError, match="knn_accuracy: test_x"):
+        knn_accuracy(x, y, x[:, :, None], y)
+    with pytest.raises(ValueError, match="knn_accuracy: test_y"):
+        knn_accuracy(x, y, x, y[:5])
 
 
 def _batches(n_batches: int = 2, dtype: torch.dtype = torch.uint8) -> list[dict]:

@@ -10,6 +10,7 @@ from stssl.encoders.resnet3d import r3d_tiny
 from stssl.encoders.vit import vit_micro, vit_micro_divided
 from stssl.tasks.masked import (
     MaskedVideoTask,
+    _sincos_table,
     make_tube_mask,
     normalize_patches,
     patchify,
@@ -81,6 +82,28 @@ def test_sincos_positions_are_distinct() -> None:
     assert torch.cdist(pos, pos).add(torch.eye(24) * 10).min() > 0.1
     with pytest.raises(ValueError, match="even and >= 6"):
         sincos_pos_embed_3d((2, 2, 2), 7)
+
+
+def test_sincos_positions_match_the_formula_and_are_cached_copies() -> None:
+    pos = sincos_pos_embed_3d((2, 3, 4), 12, dtype=torch.float64)  # 4 temporal + 4 + 4 spatial channels
+    t, h, w = 1, 0, 2
+    row = pos[t * 12 + h * 4 + w]  # (t h w) token order; frequencies 10000^(-i/2): 1, 0.01
+
+    def enc(p: int) -> list[float]:
+        return [math.sin(p), math.sin(p * 0.01), math.cos(p), math.cos(p * 0.01)]
+
+    torch.testing.assert_close(row, torch.tensor(enc(t) + enc(h) + enc(w), dtype=torch.float64))
+    # computed once per (grid, dim): later calls hit the cache and get independent copies
+    before = _sincos_table.cache_info().hits
+    a = sincos_pos_embed_3d((2, 3, 4), 12, dtype=torch.float64)
+    assert _sincos_table.cache_info().hits == before + 1
+    a.zero_()
+    torch.testing.assert_close(sincos_pos_embed_3d((2, 3, 4), 12, dtype=torch.float64), pos)
+    half = sincos_pos_embed_3d((2, 3, 4), 12, dtype=torch.bfloat16, device="meta")
+    assert half.dtype == torch.bfloat16 and half.device.type == "meta"
+    torch.testing.assert_close(sincos_pos_embed_3d((2, 3, 4), 12), pos.float())  # float32 by default
+    with pytest.raises(ValueError, match="grid must be three positive ints"):
+        sincos_pos_embed_3d((0, 2, 2), 12)
 
 
 def _task(**kwargs) -> MaskedVideoTask:

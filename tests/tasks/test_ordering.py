@@ -194,7 +194,7 @@ def test_shuffle_learn_too_short_clip_is_a_clear_error() -> None:
     enc, task = r3d_tiny(width=4), ShuffleLearnTask(min_gap=2, hidden=8)
     task.build(enc.spec)
     assert task.requires.min_frames == 9
-    with pytest.raises(ValueError, match="ShuffleLearnTask: video has T=8 frames, needs 4\\*min_gap\\+1 = 9"):
+    with pytest.raises(ValueError, match=r"ShuffleLearnTask: video has T=8 frames, needs .* = 9 for 5 frames 2 apart"):
         task({"video": torch.rand(1, 3, 8, 32, 32)}, enc, gen(0))
     with pytest.raises(ValueError, match="max_span=4"):
         ShuffleLearnTask(max_span=4)
@@ -283,6 +283,13 @@ def test_arrow_too_short_clip_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="clip_len must be >= 2"):
         ArrowTask(clip_len=1)
     assert ArrowTask(clip_len=6).requires.min_frames == 6
+    # the task's errors name the task, not the label generator it calls
+    enc, task = r3d_tiny(width=4), ArrowTask(clip_len=8, hidden=8)
+    task.build(enc.spec)
+    with pytest.raises(ValueError, match="ArrowTask: video has T=5 frames, needs clip_len = 8"):
+        task({"video": torch.rand(1, 3, 5, 32, 32)}, enc, gen(0))
+    with pytest.raises(ValueError, match=r"ArrowTask: video: expected shape \(B C T H W\)"):
+        task({"video": torch.rand(3, 5, 32, 32)}, enc, gen(0))
 
 
 # ---------------------------------------------------------------------------------------------- playback speed
