@@ -85,6 +85,7 @@ def run_one(config: str, steps: int, warmup: int, batch_size: int, device: str) 
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+        task.on_optimizer_step(encoder)  # e.g. an EMA target's update
 
     for _ in range(warmup):
         step()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from stssl.encoders.base import Encoder
 from stssl.seeding import seeded_generator
@@ -55,6 +57,17 @@ class SSLModule(L.LightningModule):
         scheduler: an optional callable from the optimizer to an LR scheduler (stepped per epoch).
 
     Logs ``train/loss`` and ``train/<task>/<metric>`` per step, ``val/<task>/<metric>`` per epoch.
+
+    Label seeds: a training call draws from ``seeded_generator(task.seed, global_step, batch_idx, global_rank,
+    task index)``, so every micro-batch of a gradient-accumulation window, every DDP rank and every task gets its
+    own draw, and a rerun (or a resumed run) draws the same; validation and test use ``(task.seed, batch_idx,
+    task index, stage)``, the same every epoch so their metrics compare.
+
+    Optimizer steps: during ``fit`` a post-step hook on each of the trainer's optimizers calls every task's
+    :meth:`~stssl.tasks.base.PretextTask.on_optimizer_step` once per step actually taken: once per accumulation
+    window, not on an AMP step skipped for non-finite gradients (GradScaler does not call ``step``; for fused
+    optimizers, which it does call, the hook reads their ``found_inf`` flag), and for no other optimizer in the
+    process.
     """
 
     def __init__(
@@ -81,6 +94,7 @@ class SSLModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._checked = False
+        self._step_hooks: list[RemovableHandle] = []
 
     @property
     def requires(self) -> TaskRequirements:
@@ -95,10 +109,10 @@ class SSLModule(L.LightningModule):
         bsz = batch["video"].shape[0]
         tasks: list[PretextTask] = list(self.tasks)  # type: ignore[arg-type]
         for i, task in enumerate(tasks):
-            # Labels are seeded from (task seed, step, rank): reproducible, resumable, different per DDP rank;
-            # validation uses fixed labels per batch so its metrics compare across epochs.
+            # Seeds (see the class docstring): per step, micro-batch, rank and task in training; fixed per batch in
+            # validation and test, so their metrics compare across epochs.
             if stage == "train":
-                gen = seeded_generator(task.seed, self.global_step, self.global_rank, i)
+                gen = seeded_generator(task.seed, self.global_step, batch_idx, self.global_rank, i)
             else:
                 gen = seeded_generator(task.seed, batch_idx, i, len(stage))
             out = task(batch, self.encoder, generator=gen)
@@ -120,6 +134,44 @@ class SSLModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._run_tasks(batch, "test", batch_idx)
+
+    # -- once per optimizer step ----------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        self._remove_step_hooks()
+        tasks: list[PretextTask] = list(self.tasks)  # type: ignore[arg-type]
+        if all(type(t).on_optimizer_step is PretextTask.on_optimizer_step for t in tasks):
+            return  # no task keeps per-step state: nothing to hook
+        for optimizer in self.trainer.optimizers:
+            register = getattr(optimizer, "register_step_post_hook", None)
+            if register is None:
+                raise TypeError(
+                    f"SSLModule: optimizer {type(optimizer).__name__} has no register_step_post_hook; tasks' "
+                    "on_optimizer_step needs a torch.optim.Optimizer"
+                )
+            self._step_hooks.append(register(self._after_optimizer_step))
+
+    def on_train_end(self) -> None:
+        self._remove_step_hooks()
+
+    def _remove_step_hooks(self) -> None:
+        for handle in self._step_hooks:
+            handle.remove()
+        self._step_hooks.clear()
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # GradScaler skips step() on non-finite gradients, except for fused optimizers, which it calls with
+        # `found_inf` set so that they skip on the device; read it then (one sync per step, fused + fp16 only).
+        found_inf = getattr(optimizer, "found_inf", None)
+        if isinstance(found_inf, torch.Tensor) and bool(found_inf.item()):
+            return
+        self.on_optimizer_step()
+
+    def on_optimizer_step(self) -> None:
+        """Call every task's :meth:`~stssl.tasks.base.PretextTask.on_optimizer_step` (the fit hook does, once per
+        optimizer step taken; call it yourself when stepping this module's optimizer outside ``Trainer.fit``)."""
+        for task in self.tasks:
+            task.on_optimizer_step(self.encoder)  # type: ignore[operator]
 
     def configure_optimizers(self):  # type: ignore[override]
         optimizer = self.optimizer_factory(self.parameters())

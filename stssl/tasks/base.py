@@ -53,7 +53,8 @@ class PretextTask(nn.Module):
         seed: seeds the task's label generator, so runs are reproducible.
 
     Subclasses set ``default_name``, implement :meth:`build` (create heads once the encoder is known),
-    :attr:`requires` and :meth:`forward`.
+    :attr:`requires` and :meth:`forward`, and :meth:`on_optimizer_step` if they keep state that follows the
+    optimizer (an EMA target).
     """
 
     default_name: str = "task"
@@ -73,6 +74,24 @@ class PretextTask(nn.Module):
 
     def build(self, spec: EncoderSpec) -> None:
         """Create the task's heads for an encoder with this spec. Called once, before training."""
+
+    def on_optimizer_step(self, encoder: Encoder) -> None:
+        """Called once after each real optimizer step (no-op by default); tasks with EMA targets update them here.
+
+        :class:`~stssl.modules.SSLModule` calls it for every task after each step of its optimizer that was taken
+        (not per micro-batch under gradient accumulation, not on an AMP step skipped for non-finite gradients,
+        never in validation). A pure-PyTorch loop calls it itself::
+
+            loss = sum(task.weight * task(batch, encoder, gen).loss for task in tasks)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            for task in tasks:
+                task.on_optimizer_step(encoder)
+
+        Args:
+            encoder: the online encoder, after the step.
+        """
 
     def next_generator(self) -> torch.Generator:
         """A generator for a call made without one (standalone use): seeded from ``(seed, call count)``."""

@@ -20,24 +20,18 @@ Two pretext tasks share one pure, seeded generator (:func:`make_future_batch`: `
   EMA target + stop-gradient) is what avoids collapse in practice, and the task logs ``target_std`` and
   ``pred_std`` to show it: a collapsed encoder gives the same embedding for every clip, so both fall to 0.
 
-EMA bookkeeping (:class:`FutureFeatureTask`): the target is ``copy.deepcopy(encoder)``, made on the first forward
-(train or eval), frozen (``requires_grad=False``) and registered as the submodule ``target_encoder``, so it is
-saved in checkpoints and follows ``.to(device)``; a checkpoint loaded before the first forward is kept aside and
-applied when the copy is made. Because it is made lazily, after the optimizer was configured, its parameters are
-not in the optimizer. The update ``target = m * target + (1 - m) * online`` (BN statistics and other buffers are
-copied) runs at the start of a training forward, which is the same as right after the previous optimizer step. It
-runs only if the online weights may have changed since the last update: if the online parameters' in-place version
-counters moved, or a ``torch.optim`` optimizer stepped (a process-wide count kept by a post-step hook,
-:func:`torch.optim.optimizer.register_optimizer_step_post_hook`, registered on the first forward; fused
-optimizers do not move version counters). So the copy is updated once per optimizer step however many times the
-task is called in between (gradient accumulation, repeated calls; an AMP step skipped for non-finite gradients
-gives none), and never in eval mode. Each task owns its copy: two feature tasks on one encoder keep two copies, each updated once per step.
+EMA target (:class:`FutureFeatureTask`): an :class:`~stssl.tasks.ema.EMATarget` (the submodule ``ema``) holds
+``copy.deepcopy(encoder)``, made on the first forward (train or eval), frozen and saved in checkpoints with its
+update count (``ema.ema_updates``: a resumed run continues the momentum ramp). The update ``target = m * target +
+(1 - m) * online`` (buffers copied) is explicit: :meth:`FutureFeatureTask.on_optimizer_step`, which
+:class:`~stssl.modules.SSLModule` calls once per real optimizer step (not per micro-batch under gradient
+accumulation, not on an AMP step skipped for non-finite gradients) and a pure-PyTorch loop calls after
+``optimizer.step()``; nothing is updated in eval mode or in :meth:`~FutureFeatureTask.forward`. Each task owns its
+copy: two feature tasks on one encoder keep two copies, each updated once per step.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,12 +39,13 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.losses.photometric import SSIM_WINDOWS, photometric_error
 from stssl.tasks.base import PretextTask, TaskRequirements
+from stssl.tasks.common import check_pool_grid, pool_cells
+from stssl.tasks.ema import EMATarget, ema_momentum, ema_update_
 from stssl.types import EncoderOutput, EncoderSpec, TaskOutput
 
 __all__ = [
@@ -329,83 +324,6 @@ class FuturePixelTask(PretextTask):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _OptimizerSteps:
-    """A process-wide count of ``torch.optim`` optimizer steps, kept by a global post-step hook registered on
-    first use (not at import)."""
-
-    count = 0
-    registered = False
-
-    @classmethod
-    def _increment(cls, optimizer: object, args: object, kwargs: object) -> None:
-        cls.count += 1
-
-    @classmethod
-    def read(cls) -> int:
-        if not cls.registered:
-            register_optimizer_step_post_hook(cls._increment)
-            cls.registered = True
-        return cls.count
-
-
-def ema_momentum(step: int, base: float, end: float | None = None, total_steps: int | None = None) -> float:
-    """EMA momentum at update ``step``: constant ``base``, or BYOL's cosine ramp from ``base`` to ``end``.
-
-    ``m = end - (end - base) * (cos(pi * min(step / total_steps, 1)) + 1) / 2``: ``base`` at step 0, ``end`` from
-    ``total_steps`` on.
-
-    Example:
-        >>> ema_momentum(10, 0.99)
-        0.99
-        >>> [round(ema_momentum(s, 0.99, 1.0, 100), 4) for s in (0, 50, 100, 200)]
-        [0.99, 0.995, 1.0, 1.0]
-    """
-    if end is None:
-        return float(base)
-    if total_steps is None or total_steps < 1:
-        raise ValueError(f"ema_momentum: a ramp to end={end} needs total_steps >= 1, got {total_steps}")
-    progress = min(max(step, 0) / total_steps, 1.0)
-    return float(end - (end - base) * (math.cos(math.pi * progress) + 1.0) / 2.0)
-
-
-@torch.no_grad()
-def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """In place: ``target_param = momentum * target_param + (1 - momentum) * online_param``; buffers copied.
-
-    Buffers (BatchNorm running statistics, counters) are copied from ``online``, not averaged.
-
-    Args:
-        target: the EMA copy (same architecture as ``online``).
-        online: the trained module.
-        momentum: in ``[0, 1]``; 1 keeps ``target``, 0 copies ``online``.
-
-    Example:
-        >>> target, online = nn.Linear(2, 1), nn.Linear(2, 1)
-        >>> expected = 0.9 * target.weight + 0.1 * online.weight
-        >>> ema_update_(target, online, 0.9)
-        >>> torch.allclose(target.weight, expected)
-        True
-    """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"ema_update_: momentum must be in [0, 1], got {momentum}")
-    pairs: list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = [
-        ("parameter", dict(target.named_parameters()), dict(online.named_parameters())),
-        ("buffer", dict(target.named_buffers()), dict(online.named_buffers())),
-    ]
-    for kind, tgt, src in pairs:
-        if tgt.keys() != src.keys():
-            raise ValueError(
-                f"ema_update_: target and online {kind}s differ: only in target {sorted(tgt.keys() - src.keys())}, "
-                f"only in online {sorted(src.keys() - tgt.keys())}"
-            )
-        for key, t in tgt.items():
-            s = src[key].detach()
-            if kind == "parameter" and t.is_floating_point():
-                t.lerp_(s.to(t.dtype), 1.0 - momentum)
-            else:
-                t.copy_(s)
-
-
 class BlockPredictor(nn.Module):
     """Predict the embeddings of ``target_blocks`` future blocks from those of ``context_blocks`` past blocks.
 
@@ -500,8 +418,8 @@ class FutureFeatureTask(PretextTask):
     rest by the EMA target encoder under ``torch.no_grad()``. Each block's ``dense`` map is average-pooled to a
     ``pool_grid`` of cells (``(1, 1)``: the pooled vector) and each cell's vector is a token; target tokens are
     layer-normalised (no affine), as in V-JEPA. A :class:`BlockPredictor` maps the context tokens to the target
-    tokens; the loss is smooth-L1 (``beta=1``) or ``1 - cosine``. See the module docstring for the EMA update rule
-    (once per optimizer step, never in eval mode).
+    tokens; the loss is smooth-L1 (``beta=1``) or ``1 - cosine``. The EMA copy moves only in
+    :meth:`on_optimizer_step` (once per optimizer step, never in eval mode); see the module docstring.
 
     Args:
         block_len: frames per block.
@@ -526,14 +444,16 @@ class FutureFeatureTask(PretextTask):
         >>> from stssl.encoders.resnet3d import r3d_tiny
         >>> enc, task = r3d_tiny(width=4), FutureFeatureTask(block_len=2, num_blocks=3, context_blocks=2, hidden=16)
         >>> task.build(enc.spec)
+        >>> opt = torch.optim.SGD([*enc.parameters(), *task.parameters()], lr=0.1)
         >>> out = task({"video": torch.rand(2, 3, 8, 32, 32)}, enc)
-        >>> sorted(out.logs), task.target_encoder is not None
-        (['ema_momentum', 'loss', 'pred_std', 'target_std'], True)
+        >>> out.loss.backward()
+        >>> opt.step()
+        >>> task.on_optimizer_step(enc)  # what SSLModule does after each optimizer step
+        >>> sorted(out.logs), int(task.ema_updates)
+        (['ema_momentum', 'loss', 'pred_std', 'target_std'], 1)
     """
 
     default_name = "future_features"
-    target_encoder: Encoder | None
-    ema_updates: torch.Tensor
 
     def __init__(
         self,
@@ -560,17 +480,11 @@ class FutureFeatureTask(PretextTask):
                 f"FutureFeatureTask: need 1 <= context_blocks < num_blocks, got context_blocks={context_blocks}, "
                 f"num_blocks={num_blocks}"
             )
-        self.pool_grid = (int(pool_grid[0]), int(pool_grid[1]))
-        if min(self.pool_grid) < 1:
-            raise ValueError(f"FutureFeatureTask: pool_grid must be two positive ints, got {pool_grid}")
+        self.pool_grid = check_pool_grid("FutureFeatureTask", pool_grid)
         if predictor not in PREDICTORS:
             raise ValueError(f"FutureFeatureTask: predictor must be one of {PREDICTORS}, got {predictor!r}")
         if loss not in FEATURE_LOSSES:
             raise ValueError(f"FutureFeatureTask: loss must be one of {FEATURE_LOSSES}, got {loss!r}")
-        if not 0.0 <= ema <= 1.0 or (ema_end is not None and not 0.0 <= ema_end <= 1.0):
-            raise ValueError(f"FutureFeatureTask: ema and ema_end must be in [0, 1], got {ema}, {ema_end}")
-        if ema_end is not None and (total_steps is None or total_steps < 1):
-            raise ValueError(f"FutureFeatureTask: ema_end={ema_end} needs total_steps >= 1, got {total_steps}")
         self.block_len = int(block_len)
         self.num_blocks = int(num_blocks)
         self.context_blocks = int(context_blocks)
@@ -579,15 +493,8 @@ class FutureFeatureTask(PretextTask):
         self.hidden = int(hidden)
         self.heads = int(heads)
         self.loss_kind = loss
-        self.ema = float(ema)
-        self.ema_end = None if ema_end is None else float(ema_end)
-        self.total_steps = None if total_steps is None else int(total_steps)
         self.predictor: BlockPredictor | None = None
-        self.target_encoder = None
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # checkpointed: the ramp resumes
-        self._updates = 0  # a host copy of ema_updates (no device sync per step)
-        self._pending_target: dict[str, torch.Tensor] | None = None  # a loaded target, applied on creation
-        self._ema_key: tuple[int, ...] | None = None  # optimizer steps and online versions at the last update
+        self.ema = EMATarget(ema, ema_end, total_steps, owner="FutureFeatureTask")
 
     @property
     def requires(self) -> TaskRequirements:
@@ -601,91 +508,46 @@ class FutureFeatureTask(PretextTask):
 
     # -- EMA target --------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _online_key(encoder: nn.Module) -> tuple[int, ...]:
-        """Changes whenever the online weights may have: optimizer steps, then parameter version counters."""
-        return (_OptimizerSteps.read(), *(p._version for p in encoder.parameters()))
+    @property
+    def target_encoder(self) -> Encoder | None:
+        """The EMA copy of the encoder (``None`` before the first forward)."""
+        return self.ema.module  # type: ignore[return-value]
 
-    def _create_target(self, encoder: Encoder) -> None:
-        # inference_mode(False): a copy made during Lightning's validation (inference mode) must stay updatable.
-        with torch.inference_mode(False), torch.no_grad():
-            target = copy.deepcopy(encoder)
-            for p in target.parameters():
-                p.requires_grad_(False)
-                p.grad = None
-            if self._pending_target is not None:
-                target.load_state_dict(self._pending_target)
-                self._pending_target = None
-                self._ema_key = None  # the loaded online weights are one step ahead: update at the next step
-            else:
-                self._ema_key = self._online_key(encoder)
-        target.train(self.training)
-        self.target_encoder = target
+    @property
+    def ema_updates(self) -> torch.Tensor:
+        """``()`` int64: EMA updates applied so far (checkpointed as ``ema.ema_updates``)."""
+        return self.ema.ema_updates
 
-    def update_target(self, encoder: Encoder) -> bool:
-        """Create the EMA copy if needed; in training mode, apply one EMA update if the online weights changed.
+    def update_target(self, encoder: Encoder) -> float:
+        """Apply one EMA update of the copy towards ``encoder`` now (making the copy first if needed), whatever
+        the mode; return the momentum used. :meth:`on_optimizer_step` is the usual way in."""
+        return self.ema.update(encoder)
 
-        Called at the start of :meth:`forward`. Returns whether an update was applied.
-        """
-        if self.target_encoder is None:
-            self._create_target(encoder)
-        if not self.training:
-            return False
-        key = self._online_key(encoder)
-        if key == self._ema_key:
-            return False
-        assert self.target_encoder is not None
-        momentum = ema_momentum(self._updates, self.ema, self.ema_end, self.total_steps)
-        with torch.inference_mode(False):
-            ema_update_(self.target_encoder, encoder, momentum)
-            self._updates += 1
-            self.ema_updates.fill_(self._updates)
-        self._ema_key = key
-        return True
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.target_encoder is None and self._pending_target is not None:
-            for key, value in self._pending_target.items():
-                destination[f"{prefix}target_encoder.{key}"] = value
-
-    def _load_from_state_dict(  # type: ignore[no-untyped-def]
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        # Before the first forward there is no target module to load into: keep its entries for _create_target.
-        if self.target_encoder is None:
-            sub = f"{prefix}target_encoder."
-            keys = [k for k in state_dict if k.startswith(sub)]
-            if keys:
-                self._pending_target = {k[len(sub):]: state_dict.pop(k) for k in keys}
-                self._ema_key = None
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        self._updates = int(self.ema_updates)
+    def on_optimizer_step(self, encoder: Encoder) -> None:
+        """One EMA update per optimizer step, in training mode only (see
+        :meth:`~stssl.tasks.base.PretextTask.on_optimizer_step`)."""
+        if self.training:
+            self.update_target(encoder)
 
     # -- forward -----------------------------------------------------------------------------------------------
 
     def _tokens(self, out: EncoderOutput) -> torch.Tensor:
         """``(N, G, D)`` tokens: the dense map average-pooled over time and onto the ``pool_grid``."""
-        if self.pool_grid == (1, 1):
-            return rearrange(out.pooled, "N D -> N 1 D")
-        cells = F.adaptive_avg_pool3d(out.dense, (1, *self.pool_grid))
-        return rearrange(cells, "N D 1 h w -> N (h w) D")
+        cells = pool_cells(out.dense, self.pool_grid)  # (N, D * gh * gw), channel-major
+        return rearrange(cells, "N (D G) -> N G D", G=self.pool_grid[0] * self.pool_grid[1])
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.predictor is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
         video = batch["video"]
         gen = generator if generator is not None else self.next_generator()
-        self.update_target(encoder)
-        assert self.target_encoder is not None
+        target_encoder = self.ema.ensure(encoder)
         L = self.block_len
         fb = make_future_batch(video, self.context_blocks * L, self.target_blocks * L, generator=gen)
         ctx = self._tokens(encoder(rearrange(fb.past, "B C (n L) H W -> (B n) C L H W", L=L)))
         ctx = rearrange(ctx, "(B n) G D -> B n G D", n=self.context_blocks)
         with torch.no_grad():
-            tgt = self._tokens(self.target_encoder(rearrange(fb.future, "B C (n L) H W -> (B n) C L H W", L=L)))
+            tgt = self._tokens(target_encoder(rearrange(fb.future, "B C (n L) H W -> (B n) C L H W", L=L)))
             tgt = F.layer_norm(rearrange(tgt, "(B n) G D -> B n G D", n=self.target_blocks), tgt.shape[-1:])
         pred = self.predictor(ctx)
         if self.loss_kind == "smooth_l1":
@@ -693,12 +555,7 @@ class FutureFeatureTask(PretextTask):
         else:
             loss = (1.0 - F.cosine_similarity(pred, tgt, dim=-1)).mean()
         with torch.no_grad():
-            logs = {
-                "loss": loss.detach(),
-                "ema_momentum": video.new_tensor(
-                    ema_momentum(max(self._updates - 1, 0), self.ema, self.ema_end, self.total_steps)
-                ),
-            }
+            logs = {"loss": loss.detach(), "ema_momentum": video.new_tensor(self.ema.last_momentum)}
             if pred.shape[0] > 1:  # a spread across the batch needs two samples (B = 1 would read as collapse)
                 pred_n = F.layer_norm(pred.detach().float(), pred.shape[-1:])
                 logs["target_std"] = tgt.float().std(dim=0).mean()

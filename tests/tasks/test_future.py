@@ -13,6 +13,7 @@ from stssl.tasks.future import (
     make_future_batch,
     psnr,
 )
+from stssl.types import EncoderOutput
 
 
 def moving_squares(n: int, frames: int, size: int = 32, *, generator: torch.Generator, square: int = 8,
@@ -76,6 +77,8 @@ def test_too_short_video_is_a_clear_error() -> None:
         FutureFeatureTask(ema_end=1.0)
     with pytest.raises(ValueError, match="predictor must be one of"):
         FutureFeatureTask(predictor="gru")
+    with pytest.raises(ValueError, match=r"FutureFeatureTask: pool_grid must be two positive ints.*\(2,\)"):
+        FutureFeatureTask(pool_grid=(2,))  # type: ignore[arg-type]
 
 
 def test_requirements_cover_the_window() -> None:
@@ -165,7 +168,7 @@ def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
-def test_one_ema_step_matches_the_formula_and_happens_once_per_step(tiny_video) -> None:
+def test_one_ema_step_matches_the_formula_and_happens_only_when_asked(tiny_video) -> None:
     enc, task = _feature_task(ema=0.9)
     batch = {"video": tiny_video}
     task(batch, enc)  # creates the copy: equal to the online encoder, no update
@@ -175,34 +178,43 @@ def test_one_ema_step_matches_the_formula_and_happens_once_per_step(tiny_video) 
         assert torch.equal(p, online[name])
     old_target = _snapshot(task.target_encoder)
     _perturb_(enc, 1)
-    online = dict(enc.named_parameters())
-    task(batch, enc)
+    task(batch, enc)  # a forward never updates
+    torch.testing.assert_close(_params(task.target_encoder), _params_of(old_target, enc), rtol=0, atol=0)
+    task.on_optimizer_step(enc)
     assert int(task.ema_updates) == 1
+    online = dict(enc.named_parameters())
     for name, p in task.target_encoder.named_parameters():
         torch.testing.assert_close(p, 0.9 * old_target[name] + 0.1 * online[name].detach(), rtol=0, atol=1e-6)
     after_one = _params(task.target_encoder)
-    task(batch, enc)  # a second call without an optimizer step in between: no second update
+    task(batch, enc)
     task(batch, enc)
     assert int(task.ema_updates) == 1
     torch.testing.assert_close(_params(task.target_encoder), after_one, rtol=0, atol=0)
 
 
-def test_fused_optimizer_steps_update_the_copy_once_per_step(tiny_video) -> None:
-    """Fused optimizers do not move the parameters' version counters; the optimizer-step hook still counts them."""
+def _params_of(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameter entries of a state dict snapshot."""
+    return {name: state[name] for name, _ in module.named_parameters()}
+
+
+def test_plain_loop_updates_once_per_step_whatever_else_steps(tiny_video) -> None:
+    """The documented pure-PyTorch loop: one update per on_optimizer_step call, however many forwards (gradient
+    accumulation) and whatever other optimizers step in between (fused ones included)."""
     enc, task = _feature_task()
     opt = torch.optim.AdamW(list(enc.parameters()) + list(task.parameters()), lr=1e-2, fused=True)
+    side = torch.nn.Linear(2, 1)
+    side_opt = torch.optim.SGD(side.parameters(), lr=0.1)
     batch = {"video": tiny_video}
     for _ in range(3):
-        out = task(batch, enc)
-        opt.zero_grad()
-        out.loss.backward()
+        for _ in range(2):  # two micro-batches per step
+            task(batch, enc).loss.backward()
+            side(torch.ones(1, 2)).sum().backward()
+            side_opt.step()
         opt.step()
-    assert int(task.ema_updates) == 2  # the copy is made in the first forward, then one update per step
-    before = _params(task.target_encoder)
-    task(batch, enc)
-    task(batch, enc)
+        opt.zero_grad()
+        task.on_optimizer_step(enc)
     assert int(task.ema_updates) == 3
-    assert not torch.equal(before["stem.0.weight"], task.target_encoder.stem[0].weight)
+    assert not torch.equal(enc.stem[0].weight, task.target_encoder.stem[0].weight)  # a lagging copy
 
 
 def test_ema_update_averages_parameters_and_copies_buffers() -> None:
@@ -218,6 +230,8 @@ def test_ema_update_averages_parameters_and_copies_buffers() -> None:
         assert torch.equal(buf, online_state[name]), f"buffer {name} not copied"
     with pytest.raises(ValueError, match="differ"):
         ema_update_(target, r3d_tiny(width=4, layers=(1, 1, 1, 2)), 0.5)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        ema_update_(target, online, 1.5)
 
 
 def test_ema_is_not_updated_in_eval_mode(tiny_video) -> None:
@@ -230,11 +244,12 @@ def test_ema_is_not_updated_in_eval_mode(tiny_video) -> None:
     _perturb_(enc, 2)
     with torch.no_grad():
         task(batch, enc)
+    task.on_optimizer_step(enc)
     assert int(task.ema_updates) == 0
     torch.testing.assert_close(_snapshot(task.target_encoder), before, rtol=0, atol=0)
     task.train()
     enc.train()
-    task(batch, enc)
+    task.on_optimizer_step(enc)
     assert int(task.ema_updates) == 1
 
 
@@ -246,7 +261,13 @@ def test_momentum_ramp_is_followed_per_update(tiny_video) -> None:
     logged = []
     for step in range(3):
         _perturb_(enc, 10 + step)
-        logged.append(float(task(batch, enc).logs["ema_momentum"]))
+        before = _params(task.target_encoder)
+        online = _params(enc)
+        task.on_optimizer_step(enc)
+        m = float(task(batch, enc).logs["ema_momentum"])
+        logged.append(m)
+        for name, p in task.target_encoder.named_parameters():
+            torch.testing.assert_close(p, m * before[name] + (1 - m) * online[name], rtol=0, atol=1e-6)
     assert logged == pytest.approx([0.5, 0.75, 1.0])
     assert int(task.ema_updates) == 3
 
@@ -261,6 +282,7 @@ def test_copy_made_under_inference_mode_stays_updatable(tiny_video) -> None:
     task.train()
     _perturb_(enc, 3)
     task({"video": tiny_video}, enc).loss.backward()
+    task.on_optimizer_step(enc)
     assert int(task.ema_updates) == 1
 
 
@@ -268,9 +290,9 @@ def test_checkpoint_loaded_before_the_first_forward_restores_the_ema_copy(tiny_v
     enc, task = _feature_task()
     task({"video": tiny_video}, enc)
     _perturb_(enc, 4)
-    task({"video": tiny_video}, enc)
+    task.on_optimizer_step(enc)
     saved = _snapshot(task)
-    assert any(k.startswith("target_encoder.") for k in saved)
+    assert any(k.startswith("ema.module.") for k in saved) and int(saved["ema.ema_updates"]) == 1
 
     _, fresh = _feature_task()
     fresh.load_state_dict(saved)  # strict: the target's entries are kept aside, not rejected
@@ -281,10 +303,9 @@ def test_checkpoint_loaded_before_the_first_forward_restores_the_ema_copy(tiny_v
         fresh({"video": tiny_video}, enc)
     assert fresh.target_encoder is not None
     torch.testing.assert_close(_snapshot(fresh), saved, rtol=0, atol=0)
-    # a resumed run applies the update owed for the saved online weights, and the count (the ramp) continues
-    fresh.train()
-    fresh({"video": tiny_video}, enc)
-    assert int(saved["ema_updates"]) == 1 and int(fresh.ema_updates) == 2
+    fresh.train()  # the count (the momentum ramp) continues
+    fresh.on_optimizer_step(enc)
+    assert int(fresh.ema_updates) == 2
 
 
 def test_feature_task_is_deterministic_per_seed(tiny_video) -> None:
@@ -304,6 +325,17 @@ def test_identical_clips_give_zero_std_as_a_collapsed_encoder_would() -> None:
     with torch.no_grad():
         logs = task({"video": video}, enc, generator=torch.Generator().manual_seed(0)).logs
     assert logs["target_std"] < 1e-5 and logs["pred_std"] < 1e-5, logs
+
+
+def test_tokens_are_grid_cells_in_row_major_order() -> None:
+    """Token g of a (2, 3) grid is cell (g // 3, g % 3), its vector the mean of that cell over time and space."""
+    _, task = _feature_task(pool_grid=(2, 3))
+    dense = torch.randn(2, 5, 2, 4, 6)  # (N, D, T', H', W'): cells of 2 x 2 pixels
+    tokens = task._tokens(EncoderOutput(dense=dense, pooled=dense.mean(dim=(2, 3, 4)), pyramid=(dense,)))
+    assert tokens.shape == (2, 6, 5)
+    for g in range(6):
+        i, j = divmod(g, 3)
+        torch.testing.assert_close(tokens[:, g], dense[:, :, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(2, 3, 4)))
 
 
 def test_block_predictor_uses_the_target_step() -> None:
@@ -333,11 +365,21 @@ def test_feature_task_learns_without_collapse_on_moving_squares(predictor: str) 
         opt.zero_grad()
         out.loss.backward()
         opt.step()
+        task.on_optimizer_step(enc)
         losses.append(float(out.logs["loss"]))
         target_std.append(float(out.logs["target_std"]))
         pred_std.append(float(out.logs["pred_std"]))
-    assert int(task.ema_updates) == 99
+    assert int(task.ema_updates) == 100
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.85 * first, (first, last)
     assert min(target_std[-10:]) > 0.5, target_std[-10:]
     assert min(pred_std[-10:]) > 0.4, pred_std[-10:]
+
+
+def test_ema_target_before_its_copy_exists_is_a_clear_error() -> None:
+    from stssl.tasks.ema import EMATarget
+
+    with pytest.raises(RuntimeError, match="MyTask: the EMA copy does not exist yet"):
+        EMATarget(0.9, owner="MyTask")(torch.zeros(1))
+    with pytest.raises(ValueError, match="MyTask: ema and ema_end must be in"):
+        EMATarget(1.5, owner="MyTask")
