@@ -1,0 +1,580 @@
+"""Pieces shared by the classic image pretexts applied to frames and clips (rotation, jigsaw, colorization,
+inpainting, relative patch position).
+
+Every one of these tasks works on a window of ``clip_len`` consecutive frames (``clip_len=1``: single frames) and
+applies the *same* transform to every frame of the window, so a clip carries one label. What they share:
+
+- draws: :func:`sample_window` (a random window of frames), :func:`square_crop` (centre or random square),
+  :func:`grid_tile_boxes` (a grid of cells with one jittered tile per cell, gaps between tiles),
+  :func:`channel_shifts` (per-channel spatial jitter against chromatic aberration);
+- crops: :func:`crop_regions` (per-sample, per-region, optionally per-channel crops in one gather);
+- colour: :func:`recolor_patches` (per-patch greyscale or colour-channel dropping, against colour shortcuts),
+  :func:`normalize_patches` (per-patch, per-channel standardisation against low-level statistics shortcuts);
+- encoding: :func:`fit_min_frames`, :func:`encode_pooled`;
+- a dense decoder for pixel outputs: :class:`PyramidDecoder`;
+- option checks: :func:`check_clip_len1`, :func:`check_fraction`, :func:`check_choice`.
+
+All random draws use the passed CPU ``torch.Generator``; large noise tensors are drawn on the data's device from a
+generator seeded by one draw of the CPU generator (:func:`device_generator`), so outputs stay reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from stssl.checks import check_shape
+from stssl.encoders.base import Encoder
+from stssl.tasks.common import gather_frames, pool_cells
+
+__all__ = [
+    "CROP_MODES",
+    "CropMode",
+    "PyramidDecoder",
+    "channel_shifts",
+    "check_choice",
+    "check_clip_len1",
+    "check_fraction",
+    "check_frames",
+    "crop_regions",
+    "device_generator",
+    "encode_pooled",
+    "fit_min_frames",
+    "grid_tile_boxes",
+    "normalize_patches",
+    "recolor_patches",
+    "resize_patches",
+    "sample_window",
+    "square_crop",
+]
+
+CropMode = Literal["center", "random", "none"]
+#: Square-crop modes of :func:`square_crop`.
+CROP_MODES: tuple[str, ...] = ("center", "random", "none")
+
+#: ITU-R BT.601 luma weights used for per-patch greyscale.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+# ---------------------------------------------------------------------------------------------- option checks
+
+
+def check_clip_len1(owner: str, clip_len: int) -> int:
+    """Validate a ``clip_len`` option of a frame task (``>= 1``; 1 means single frames).
+
+    Example:
+        >>> check_clip_len1("MyTask", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: clip_len must be >= 1, got 0
+    """
+    if int(clip_len) < 1:
+        raise ValueError(f"{owner}: clip_len must be >= 1, got {clip_len}")
+    return int(clip_len)
+
+
+def check_fraction(owner: str, name: str, value: float, *, low: float = 0.0, high: float = 1.0,
+                   low_open: bool = False) -> float:
+    """Validate a number in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    Example:
+        >>> check_fraction("MyTask", "gray_p", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: gray_p must be in [0.0, 1.0], got 1.5
+    """
+    v = float(value)
+    bad = (v <= low if low_open else v < low) or v > high
+    if bad:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{owner}: {name} must be in {bracket}{low}, {high}], got {value}")
+    return v
+
+
+def check_choice(owner: str, name: str, value: str, choices: Sequence[str]) -> str:
+    """Validate a string option against its choices.
+
+    Example:
+        >>> check_choice("MyTask", "crop", "middle", CROP_MODES)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: unknown crop 'middle'; choose from ['center', 'random', 'none']
+    """
+    if value not in choices:
+        raise ValueError(f"{owner}: unknown {name} {value!r}; choose from {list(choices)}")
+    return value
+
+
+def check_frames(owner: str, video: torch.Tensor, clip_len: int) -> None:
+    """Raise a clear error when a ``(B, C, T, H, W)`` video has fewer than ``clip_len`` frames (other ranks pass
+    through to the generator's shape check).
+
+    Example:
+        >>> check_frames("MyTask", torch.zeros(1, 3, 2, 4, 4), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: video has T=2 frames, needs clip_len = 3
+    """
+    if video.dim() == 5 and video.shape[2] < clip_len:
+        raise ValueError(f"{owner}: video has T={video.shape[2]} frames, needs clip_len = {clip_len}")
+
+
+# ---------------------------------------------------------------------------------------------- draws
+
+
+def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded by one draw of the CPU ``generator`` (for large noise tensors).
+
+    Example:
+        >>> g = device_generator(torch.Generator().manual_seed(0), torch.device("cpu"))
+        >>> torch.rand(1, generator=g).shape
+        torch.Size([1])
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def sample_window(
+    video: torch.Tensor, clip_len: int, *, generator: torch.Generator | None = None, owner: str = "sample_window"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a random window of ``clip_len`` consecutive frames from each video.
+
+    Args:
+        video: ``(B, C, T, H, W)`` with ``T >= clip_len``.
+        clip_len: ``L``, frames per window.
+        generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
+
+    Returns:
+        ``(clips, start)``: ``(B, C, L, H, W)`` on ``video``'s device and ``(B,)`` int64 first frames (CPU).
+
+    Example:
+        >>> video = torch.arange(6.0).view(1, 1, 6, 1, 1)
+        >>> clips, start = sample_window(video, 3, generator=torch.Generator().manual_seed(0))
+        >>> clips.flatten().tolist() == [float(start) + i for i in range(3)]
+        True
+    """
+    sizes = check_shape(video, "B C T H W", name=f"{owner} video")
+    check_clip_len1(owner, clip_len)
+    if sizes["T"] < clip_len:
+        raise ValueError(f"{owner}: video has T={sizes['T']} frames, needs clip_len = {clip_len}")
+    start = torch.randint(sizes["T"] - clip_len + 1, (sizes["B"],), generator=generator)
+    frames = start[:, None] + torch.arange(clip_len)[None, :]
+    clips = rearrange(gather_frames(video, frames), "B L C H W -> B C L H W")
+    return clips, start
+
+
+def crop_regions(
+    clips: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Crop ``K`` regions of one size from each clip, optionally at a different offset per channel.
+
+    ``out[b, k, c, l] = clips[b, c, l, top[b, k, c] : top[b, k, c] + h, left[b, k, c] : left[b, k, c] + w]``.
+
+    Args:
+        clips: ``(B, C, L, H, W)``.
+        top: ``(B, K)`` or ``(B, K, C)`` int64 row of each region's top-left corner (any device).
+        left: same shape as ``top``, column of the corner.
+        size: ``(h, w)`` of every region.
+
+    Returns:
+        ``(B, K, C, L, h, w)`` on ``clips``' device.
+
+    Raises:
+        ValueError: when a region leaves the frame.
+
+    Example:
+        >>> clips = torch.arange(16.0).view(1, 1, 1, 4, 4)
+        >>> crop_regions(clips, torch.tensor([[1]]), torch.tensor([[2]]), (2, 2)).flatten().tolist()
+        [6.0, 7.0, 10.0, 11.0]
+    """
+    sizes = check_shape(clips, "B C L H W", name="crop_regions clips")
+    B, C, L, H, W = (sizes[k] for k in "BCLHW")
+    h, w = int(size[0]), int(size[1])
+    if top.shape != left.shape or top.dim() not in (2, 3) or top.shape[0] != B:
+        raise ValueError(
+            f"crop_regions: top and left must both be (B, K) or (B, K, C) with B={B}, got {tuple(top.shape)} and "
+            f"{tuple(left.shape)}"
+        )
+    if top.dim() == 3 and top.shape[2] != C:
+        raise ValueError(f"crop_regions: per-channel offsets need C={C} channels, got {tuple(top.shape)}")
+    if h < 1 or w < 1:
+        raise ValueError(f"crop_regions: size must be positive, got {size}")
+    if top.numel() and (int(top.min()) < 0 or int(left.min()) < 0 or int(top.max()) + h > H
+                        or int(left.max()) + w > W):
+        raise ValueError(f"crop_regions: a {h}x{w} region at the given offsets leaves the {H}x{W} frame")
+    device = clips.device
+    K = top.shape[1]
+    top3 = (top if top.dim() == 3 else top[:, :, None].expand(B, K, C)).to(device)
+    left3 = (left if left.dim() == 3 else left[:, :, None].expand(B, K, C)).to(device)
+    rows = top3[:, :, :, None, None, None] + torch.arange(h, device=device).view(1, 1, 1, 1, h, 1)
+    cols = left3[:, :, :, None, None, None] + torch.arange(w, device=device).view(1, 1, 1, 1, 1, w)
+    b = torch.arange(B, device=device).view(B, 1, 1, 1, 1, 1)
+    c = torch.arange(C, device=device).view(1, 1, C, 1, 1, 1)
+    t = torch.arange(L, device=device).view(1, 1, 1, L, 1, 1)
+    return clips[b, c, t, rows, cols]
+
+
+def square_crop(
+    clips: torch.Tensor, mode: str = "center", *, generator: torch.Generator | None = None, owner: str = "square_crop"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop the largest square (side ``min(H, W)``) from each clip: centred, at a random place, or not at all.
+
+    Args:
+        clips: ``(B, C, L, H, W)``.
+        mode: ``"center"``, ``"random"`` (uniform position per sample) or ``"none"`` (returned as is).
+        generator: a CPU ``torch.Generator`` (used by ``"random"``).
+        owner: how error messages name the caller.
+
+    Returns:
+        ``(crops, corner)``: ``(B, C, L, S, S)`` (``(B, C, L, H, W)`` for ``"none"``) and ``(B, 2)`` int64
+        ``(top, left)`` of the crop in the input (zeros for ``"none"``).
+
+    Example:
+        >>> crops, corner = square_crop(torch.zeros(2, 3, 1, 8, 12))
+        >>> tuple(crops.shape), corner[0].tolist()
+        ((2, 3, 1, 8, 8), [0, 2])
+    """
+    sizes = check_shape(clips, "B C L H W", name=f"{owner} clips")
+    check_choice(owner, "crop", mode, CROP_MODES)
+    B, H, W = sizes["B"], sizes["H"], sizes["W"]
+    if mode == "none":
+        return clips, torch.zeros(B, 2, dtype=torch.long)
+    side = min(H, W)
+    if mode == "center":
+        corner = torch.tensor([(H - side) // 2, (W - side) // 2]).expand(B, 2).clone()
+    else:
+        top = torch.randint(H - side + 1, (B,), generator=generator)
+        left = torch.randint(W - side + 1, (B,), generator=generator)
+        corner = torch.stack([top, left], dim=1)
+    if side == H and side == W:
+        return clips, corner
+    crops = crop_regions(clips, corner[:, :1], corner[:, 1:], (side, side))[:, 0]
+    return crops, corner
+
+
+def grid_tile_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    grid: int = 3,
+    tile_frac: float = 0.85,
+    jitter: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+    owner: str = "grid_tile_boxes",
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Place one tile per cell of a ``grid x grid`` layout, with random gaps (Noroozi & Favaro; Doersch et al.).
+
+    The frame is split into ``grid x grid`` cells of ``(height // grid, width // grid)`` pixels (the grid is
+    centred; leftover rows/columns are margins). Each tile is ``tile_frac`` of its cell per side, so neighbouring
+    tiles are separated by a gap, and it sits at an independent random offset inside its cell: uniform over the
+    central ``jitter`` fraction of the free room (``jitter=1``: anywhere in the cell, gaps from 0 to twice the
+    room; ``jitter=0``: centred, a fixed gap of ``cell - tile``). Gaps and jitter keep a network from matching
+    tiles by continuing edges and lines across tile borders.
+
+    Args:
+        batch: ``B``, layouts to draw.
+        height, width: ``(H, W)`` of the frame.
+        grid: cells per side ``G``; tiles are numbered row-major ``k = row * G + col``.
+        tile_frac: tile side over cell side, in ``(0, 1]``.
+        jitter: fraction of the free room the offset ranges over, in ``[0, 1]``.
+        generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
+
+    Returns:
+        ``(top, left, (h, w))``: ``(B, G*G)`` int64 corners in frame pixels and the tile size.
+
+    Example:
+        >>> top, left, size = grid_tile_boxes(1, 30, 30, 3, 0.8, generator=torch.Generator().manual_seed(0))
+        >>> size, bool(((top % 10) <= 2).all() and ((left % 10) <= 2).all())
+        ((8, 8), True)
+    """
+    if grid < 1:
+        raise ValueError(f"{owner}: grid must be >= 1, got {grid}")
+    check_fraction(owner, "tile_frac", tile_frac, low_open=True)
+    check_fraction(owner, "jitter", jitter)
+    cell_h, cell_w = height // grid, width // grid
+    if cell_h < 1 or cell_w < 1:
+        raise ValueError(f"{owner}: a {height}x{width} frame is too small for a {grid}x{grid} grid")
+    tile = (max(1, int(round(tile_frac * cell_h))), max(1, int(round(tile_frac * cell_w))))
+    n = grid * grid
+    cells = torch.arange(n)
+    corners = []
+    for axis, (cell, t, extent) in enumerate(((cell_h, tile[0], height), (cell_w, tile[1], width))):
+        room = cell - t
+        lo = int((room - jitter * room) // 2)
+        span = int(jitter * room)
+        offset = lo + torch.randint(span + 1, (batch, n), generator=generator)
+        index = cells // grid if axis == 0 else cells % grid
+        margin = (extent - grid * cell) // 2
+        corners.append(margin + index[None, :] * cell + offset)
+    return corners[0], corners[1], tile
+
+
+def channel_shifts(
+    top: torch.Tensor,
+    left: torch.Tensor,
+    channels: int,
+    max_shift: int,
+    frame_size: tuple[int, int],
+    tile: tuple[int, int],
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give every colour channel of every tile its own small offset (Noroozi & Favaro's ``±2`` px channel jitter),
+    so chromatic aberration cannot tell where a tile was in the frame.
+
+    Args:
+        top, left: ``(B, K)`` tile corners.
+        channels: ``C``.
+        max_shift: largest shift per axis in pixels (``0`` returns the corners expanded).
+        frame_size: ``(H, W)``; shifted corners are clamped so tiles stay inside.
+        tile: ``(h, w)`` tile size.
+        generator: a CPU ``torch.Generator``.
+
+    Returns:
+        ``(top, left)`` as ``(B, K, C)`` int64.
+
+    Example:
+        >>> t, l = channel_shifts(torch.tensor([[4]]), torch.tensor([[4]]), 3, 2, (16, 16), (8, 8),
+        ...                       generator=torch.Generator().manual_seed(0))
+        >>> t.shape, bool(((t - 4).abs() <= 2).all())
+        (torch.Size([1, 1, 3]), True)
+    """
+    B, K = top.shape
+    top3 = top[:, :, None].expand(B, K, channels)
+    left3 = left[:, :, None].expand(B, K, channels)
+    if max_shift <= 0:
+        return top3.clone(), left3.clone()
+    dy = torch.randint(-max_shift, max_shift + 1, (B, K, channels), generator=generator)
+    dx = torch.randint(-max_shift, max_shift + 1, (B, K, channels), generator=generator)
+    top3 = (top3 + dy).clamp(0, frame_size[0] - tile[0])
+    left3 = (left3 + dx).clamp(0, frame_size[1] - tile[1])
+    return top3, left3
+
+
+# ---------------------------------------------------------------------------------------------- colour
+
+
+def recolor_patches(
+    patches: torch.Tensor,
+    gray_p: float = 0.0,
+    channel_drop_p: float = 0.0,
+    noise_std: float = 0.01,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch, with probability ``gray_p`` turn it grey, else with probability ``channel_drop_p`` keep one random
+    colour channel and replace the others (defences against colour shortcuts and chromatic aberration).
+
+    Greyscale is the BT.601 luma replicated to every channel (Noroozi & Favaro train on grey images 30% of the
+    time). Channel dropping follows Doersch et al.: the dropped channels become mid-grey ``0.5`` plus Gaussian noise
+    with ``noise_std`` times the kept channel's standard deviation over the patch. The same choice applies to every
+    frame of a patch.
+
+    Args:
+        patches: ``(N, C, L, h, w)``, ``C == 3`` when either probability is positive.
+        gray_p, channel_drop_p: probabilities, ``gray_p + channel_drop_p <= 1``.
+        noise_std: noise scale of dropped channels relative to the kept one.
+        generator: a CPU ``torch.Generator``.
+
+    Returns:
+        ``(patches, mode)``: recoloured ``(N, C, L, h, w)`` and ``(N,)`` int64 (CPU): ``0`` untouched, ``1`` grey,
+        ``2 + c`` only channel ``c`` kept.
+
+    Example:
+        >>> x = torch.rand(4, 3, 1, 5, 5)
+        >>> y, mode = recolor_patches(x, gray_p=1.0, generator=torch.Generator().manual_seed(0))
+        >>> mode.tolist(), bool(torch.allclose(y[:, 0], y[:, 2]))
+        ([1, 1, 1, 1], True)
+    """
+    sizes = check_shape(patches, "N C L h w", name="recolor_patches patches")
+    check_fraction("recolor_patches", "gray_p", gray_p)
+    check_fraction("recolor_patches", "channel_drop_p", channel_drop_p)
+    if gray_p + channel_drop_p > 1.0 + 1e-9:
+        raise ValueError(f"recolor_patches: gray_p + channel_drop_p must be <= 1, got {gray_p} + {channel_drop_p}")
+    N, C = sizes["N"], sizes["C"]
+    mode = torch.zeros(N, dtype=torch.long)
+    if gray_p == 0.0 and channel_drop_p == 0.0:
+        return patches, mode
+    if C != 3:
+        raise ValueError(f"recolor_patches: greyscale and channel dropping need C=3 channels, got C={C}")
+    u = torch.rand(N, generator=generator)
+    keep = torch.randint(C, (N,), generator=generator)
+    gray = u < gray_p
+    drop = (u >= gray_p) & (u < gray_p + channel_drop_p)
+    mode = torch.where(gray, 1, torch.where(drop, 2 + keep, 0))
+    out = patches.clone()
+    device = patches.device
+    if bool(gray.any()):
+        weights = torch.tensor(_LUMA, device=device, dtype=patches.dtype).view(1, 3, 1, 1, 1)
+        luma = (patches * weights).sum(dim=1, keepdim=True)
+        out = torch.where(gray.to(device).view(N, 1, 1, 1, 1), luma.expand_as(patches), out)
+    if bool(drop.any()):
+        noise = torch.randn(patches.shape, generator=device_generator(generator, device), device=device,
+                            dtype=patches.dtype)
+        kept = patches.gather(1, keep.to(device).view(N, 1, 1, 1, 1).expand(N, 1, *patches.shape[2:]))
+        filler = 0.5 + noise * noise_std * kept.std(dim=(2, 3, 4), keepdim=True, unbiased=False)
+        is_kept = torch.arange(C, device=device)[None, :] == keep.to(device)[:, None]  # (N, C)
+        dropped = torch.where(is_kept.view(N, C, 1, 1, 1), patches, filler)
+        out = torch.where(drop.to(device).view(N, 1, 1, 1, 1), dropped, out)
+    return out, mode
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Standardise every patch per channel (zero mean, unit std over its frames and pixels), as Noroozi & Favaro
+    normalise tiles independently so that low-level statistics cannot match them.
+
+    Args:
+        patches: ``(N, C, L, h, w)``.
+
+    Example:
+        >>> y = normalize_patches(torch.rand(2, 3, 1, 4, 4))
+        >>> bool(y.mean(dim=(2, 3, 4)).abs().max() < 1e-5)
+        True
+    """
+    check_shape(patches, "N C L h w", name="normalize_patches patches")
+    mean = patches.mean(dim=(2, 3, 4), keepdim=True)
+    std = patches.std(dim=(2, 3, 4), keepdim=True, unbiased=False)
+    return (patches - mean) / (std + eps)
+
+
+def resize_patches(patches: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize every frame of every patch to ``size x size`` (bilinear, antialiased when shrinking), e.g. so tiles
+    suit an encoder's patch size or stride; ``None`` returns the patches as they are.
+
+    Args:
+        patches: ``(N, C, L, h, w)``.
+        size: output side in pixels, or None.
+
+    Example:
+        >>> resize_patches(torch.rand(2, 3, 1, 6, 6), 16).shape
+        torch.Size([2, 3, 1, 16, 16])
+    """
+    sizes = check_shape(patches, "N C L h w", name="resize_patches patches")
+    if size is None or (sizes["h"] == size and sizes["w"] == size):
+        return patches
+    frames = rearrange(patches, "N C L h w -> (N L) C h w")
+    shrink = size < sizes["h"] or size < sizes["w"]
+    frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return rearrange(frames, "(N L) C h w -> N C L h w", L=sizes["L"])
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def fit_min_frames(clips: torch.Tensor, min_frames: int) -> torch.Tensor:
+    """Repeat frames (nearest resampling in time) so a clip has at least ``min_frames`` frames.
+
+    Args:
+        clips: ``(N, C, L, H, W)``.
+        min_frames: the encoder's ``spec.min_frames``.
+
+    Returns:
+        ``clips`` itself when ``L >= min_frames``, else ``(N, C, min_frames, H, W)``.
+
+    Example:
+        >>> fit_min_frames(torch.arange(2.0).view(1, 1, 2, 1, 1), 4).flatten().tolist()
+        [0.0, 0.0, 1.0, 1.0]
+    """
+    L = clips.shape[2]
+    if L >= min_frames:
+        return clips
+    index = (torch.arange(min_frames, device=clips.device) * L) // min_frames
+    return clips.index_select(2, index)
+
+
+def encode_pooled(encoder: Encoder, clips: torch.Tensor, pool_grid: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """Encode a batch of clips (or single frames, ``L = 1``) and pool each to one feature.
+
+    Args:
+        encoder: any :class:`~stssl.encoders.base.Encoder`.
+        clips: ``(N, C, L, H, W)``; frames are repeated up to ``encoder.spec.min_frames``.
+        pool_grid: ``(h, w)`` cells kept (see :func:`~stssl.tasks.common.pool_cells`).
+
+    Returns:
+        ``(N, D * h * w)``.
+    """
+    return pool_cells(encoder(fit_min_frames(clips, encoder.spec.min_frames)).dense, pool_grid)
+
+
+# ---------------------------------------------------------------------------------------------- dense decoder
+
+
+def _conv_elu(in_channels: int, out_channels: int, kernel: tuple[int, int, int]) -> nn.Sequential:
+    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel, padding=padding), nn.ELU(inplace=True))
+
+
+class PyramidDecoder(nn.Module):
+    """A light feature-pyramid decoder from any encoder's pyramid to a dense ``(B, K, L, H, W)`` output.
+
+    Every stage gets a 1x1x1 lateral convolution; from the deepest stage up, the map is upsampled (trilinear) to
+    the next shallower stage's ``(T_i, H_i, W_i)``, concatenated with its lateral and mixed by a 1x3x3 convolution
+    + ELU; the result is upsampled to the requested output size and a 1x3x3 conv + ELU + 1x3x3 conv head gives
+    ``out_channels`` raw values (no activation: the task picks one). Stage sizes are read from the tensors, so
+    3D CNNs (time downsampled, upsampled back here), per-frame 2D encoders and single frames all work. (The
+    monodepth2-style :class:`stssl.heads.dense.DisparityDecoder` needs a per-frame pyramid with ``/2 … /32``
+    strides, so it does not serve 3D CNNs.)
+
+    Args:
+        enc_channels: ``C_i`` per encoder stage, shallow to deep (``encoder.spec.channels``).
+        out_channels: ``K``, output channels.
+        dec_channels: decoder width per stage (same length); ``None`` uses ``max(8, C_i // 2)``.
+
+    Shape:
+        - pyramid: ``(B, C_i, T_i, H_i, W_i)`` per stage.
+        - output: ``(B, out_channels, L, H, W)`` for ``size=(L, H, W)``.
+
+    Example:
+        >>> from stssl.encoders.resnet3d import r3d_tiny
+        >>> enc = r3d_tiny(width=4)
+        >>> dec = PyramidDecoder(enc.spec.channels, out_channels=2)
+        >>> tuple(dec(enc(torch.rand(2, 3, 4, 32, 32)).pyramid, (4, 32, 32)).shape)
+        (2, 2, 4, 32, 32)
+    """
+
+    def __init__(
+        self, enc_channels: Sequence[int], out_channels: int, dec_channels: Sequence[int] | None = None
+    ) -> None:
+        super().__init__()
+        enc = tuple(int(c) for c in enc_channels)
+        dec = tuple(max(8, c // 2) for c in enc) if dec_channels is None else tuple(int(c) for c in dec_channels)
+        if not enc or any(c < 1 for c in enc):
+            raise ValueError(f"PyramidDecoder: enc_channels must be positive channel counts, got {enc}")
+        if len(dec) != len(enc) or any(c < 1 for c in dec):
+            raise ValueError(
+                f"PyramidDecoder: dec_channels must give {len(enc)} positive widths (one per encoder stage of "
+                f"enc_channels={enc}), got {dec}"
+            )
+        if out_channels < 1:
+            raise ValueError(f"PyramidDecoder: out_channels must be >= 1, got {out_channels}")
+        self.enc_channels = enc
+        self.dec_channels = dec
+        self.out_channels = int(out_channels)
+        self.lateral = nn.ModuleList(_conv_elu(c, d, (1, 1, 1)) for c, d in zip(enc, dec, strict=True))
+        self.fuse = nn.ModuleList(_conv_elu(dec[i] + dec[i + 1], dec[i], (1, 3, 3)) for i in range(len(enc) - 1))
+        self.head = nn.Sequential(
+            _conv_elu(dec[0], dec[0], (1, 3, 3)), nn.Conv3d(dec[0], self.out_channels, (1, 3, 3), padding=(0, 1, 1))
+        )
+
+    def forward(self, pyramid: Sequence[torch.Tensor], size: tuple[int, int, int]) -> torch.Tensor:
+        if len(pyramid) != len(self.enc_channels):
+            raise ValueError(f"PyramidDecoder: got {len(pyramid)} pyramid stages, built for {len(self.enc_channels)}")
+        sizes: dict[str, int] = {}
+        lateral = []
+        for i, (feat, layer) in enumerate(zip(pyramid, self.lateral, strict=True)):
+            check_shape(feat, f"B {self.enc_channels[i]} * * *", sizes, name=f"PyramidDecoder pyramid[{i}]")
+            lateral.append(layer(feat))
+        x = lateral[-1]
+        for i in range(len(lateral) - 2, -1, -1):
+            x = F.interpolate(x, size=lateral[i].shape[2:], mode="trilinear", align_corners=False)
+            x = self.fuse[i](torch.cat([x, lateral[i]], dim=1))
+        x = F.interpolate(x, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)
+        return self.head(x)
