@@ -82,7 +82,8 @@ class ScenePredictions:
         K: ``(3, 3)`` float64 intrinsics at the evaluation size.
         depth: ``(N, H, W)`` float32 predicted depth (unscaled, as the model gave it).
         gt_depth: ``(N, H_gt, W_gt)`` float32 ground-truth depth at its native size, 0 = invalid.
-        scale_ratios: ``(N,)`` float64 per-frame ``median(gt) / median(pred)`` over the valid pixels.
+        scale_ratios: ``(N,)`` float64 per-frame ``median(gt) / median(pred)`` over the valid pixels (NaN for a
+            frame without ground truth).
         b_from_a: ``(N - 1, 4, 4)`` float64 predicted ``(i + 1)_from_i`` between consecutive evaluated frames.
         pred_world_from_camera: ``(N, 4, 4)`` float64 chained predictions (:func:`chain_poses`; frame 0 = identity).
         gt_world_from_camera: ``(N, 4, 4)`` float64 ground-truth poses of the evaluated frames.
@@ -349,17 +350,24 @@ def evaluate_scene(
                                        device=device)
     assert depth is not None and b_from_a is not None
     gt_depth = torch.from_numpy(np.ascontiguousarray(gt_depth_all[indices]))
+    # Frames without ground truth (e.g. KITTI frames with no velodyne scan) count for poses, not for depth.
+    has_gt = ((gt_depth > min_depth) & (gt_depth < max_depth)).flatten(1).any(dim=1)
+    if not bool(has_gt.any()):
+        raise ValueError(f"evaluate_scene({d}): no frame has ground-truth depth in ({min_depth}, {max_depth}) "
+                         f"(frames {indices[0]}..{indices[-1]} step {frame_step})")
     try:
-        metrics = depth_metrics(depth, gt_depth, min_depth=min_depth, max_depth=max_depth, garg_crop=garg_crop,
-                                median_scaling=median_scaling, resize_pred=resize_mode)
+        metrics = depth_metrics(depth[has_gt], gt_depth[has_gt], min_depth=min_depth, max_depth=max_depth,
+                                garg_crop=garg_crop, median_scaling=median_scaling, resize_pred=resize_mode)
     except ValueError as err:
         raise ValueError(f"evaluate_scene({d}): {err} (frames {indices[0]}..{indices[-1]} step {frame_step})") from err
-    ratios = _scale_ratios(depth, gt_depth, min_depth, max_depth, resize_mode)
-    ratio_median = float(np.median(ratios))
+    ratios = np.full(len(indices), np.nan)
+    ratios[has_gt.numpy()] = _scale_ratios(depth[has_gt], gt_depth[has_gt], min_depth, max_depth, resize_mode)
+    ratio_median = float(np.nanmedian(ratios))
     out: dict[str, Any] = {f"depth/{k}": metrics[k] for k in DEPTH_METRICS}
     out["depth/scale_ratio_median"] = ratio_median
-    out["depth/scale_ratio_std"] = float(np.std(ratios / ratio_median))
-    out["depth/frames"] = float(len(indices))
+    out["depth/scale_ratio_std"] = float(np.nanstd(ratios / ratio_median))
+    out["depth/frames"] = float(has_gt.sum())
+    out["depth/frames_without_gt"] = float((~has_gt).sum())
 
     pred_world = chain_poses(b_from_a)
     gt_world = gt_poses[indices]
@@ -397,7 +405,8 @@ def combine_scene_metrics(results: Sequence[dict[str, Any]]) -> dict[str, float]
     snippets = np.asarray([r["pose/snippets"] for r in results])
     out: dict[str, float] = {}
     for key in results[0]:
-        if key == "predictions" or key in ("depth/frames", "pose/snippets", "pose/ate", "pose/ate_std"):
+        if key == "predictions" or key in ("depth/frames", "depth/frames_without_gt", "pose/snippets", "pose/ate",
+                                           "pose/ate_std"):
             continue
         values = np.asarray([r[key] for r in results])
         weights = snippets if key.startswith("pose/") else frames
@@ -409,6 +418,8 @@ def combine_scene_metrics(results: Sequence[dict[str, Any]]) -> dict[str, float]
     out["pose/ate"] = mean
     out["pose/ate_std"] = math.sqrt(max(second - mean**2, 0.0))
     out["depth/frames"] = float(frames.sum())
+    if all("depth/frames_without_gt" in r for r in results):
+        out["depth/frames_without_gt"] = float(sum(r["depth/frames_without_gt"] for r in results))
     out["pose/snippets"] = float(snippets.sum())
     return out
 

@@ -121,6 +121,8 @@ class DepthPoseEvaluator(L.Callback):
         batch_size: frames per prediction call.
         num_images: depth PNGs per scene (evenly spaced frames).
         backend: video reader backend.
+        garg_crop: restrict the depth metrics to Garg's crop (the KITTI Eigen protocol, with ``max_depth=80`` and
+            ``min_depth=1e-3``).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class DepthPoseEvaluator(L.Callback):
         batch_size: int = 8,
         num_images: int = 4,
         backend: str = "auto",
+        garg_crop: bool = False,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"DepthPoseEvaluator: every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -152,6 +155,7 @@ class DepthPoseEvaluator(L.Callback):
         self.frame_step, self.snippet = frame_step, snippet
         self.min_depth, self.max_depth = min_depth, max_depth
         self.batch_size, self.num_images, self.backend = batch_size, num_images, backend
+        self.garg_crop = bool(garg_crop)
         self.last_results: dict[str, dict[str, Any]] = {}
         self._warned_plot = False
 
@@ -207,7 +211,7 @@ class DepthPoseEvaluator(L.Callback):
                     scene, depth_fn, pose_fn, size=scene_size, min_depth=min_depth, max_depth=max_depth,
                     frame_step=self.frame_step, snippet=self.snippet, backend=self.backend,
                     max_frames=self.max_frames, batch_size=self.batch_size, device=pl_module.device,
-                    return_predictions=out_dir is not None,
+                    return_predictions=out_dir is not None, garg_crop=self.garg_crop,
                 )
                 predictions = result.pop("predictions", None)
                 self.last_results[scene] = result

@@ -119,6 +119,30 @@ def test_reference_values_match_the_metric_functions(scene: Path) -> None:
     assert out["depth/frames"] == 7 and out["pose/snippets"] == 5
 
 
+def test_frames_without_ground_truth_count_for_poses_not_depth(scene: Path, tmp_path: Path) -> None:
+    """E.g. KITTI frames with no velodyne scan: depth metrics skip them, the trajectory keeps them."""
+    import shutil
+
+    copy = tmp_path / scene.name
+    shutil.copytree(scene, copy)
+    depth = read_depth(copy)
+    depth[[1, 4]] = 0.0
+    np.savez_compressed(copy / "depth.npz", depth=depth)
+    out = _evaluate(copy, Oracle(scene, depth_noise=0.2, seed=3), return_predictions=True, max_frames=7)
+    assert out["depth/frames"] == 5 and out["depth/frames_without_gt"] == 2
+    pred = out["predictions"]
+    keep = [0, 2, 3, 5, 6]
+    ref = depth_metrics(pred.depth[keep], pred.gt_depth[keep], min_depth=0.1, max_depth=80.0,
+                        resize_pred="inverse_depth")
+    assert out["depth/abs_rel"] == pytest.approx(ref["abs_rel"], rel=1e-12)
+    assert np.isnan(pred.scale_ratios[[1, 4]]).all() and np.isfinite(pred.scale_ratios[keep]).all()
+    assert out["pose/snippets"] == 3  # all 7 frames in the trajectory
+    depth[:] = 0.0
+    np.savez_compressed(copy / "depth.npz", depth=depth)
+    with pytest.raises(ValueError, match="no frame has ground-truth depth"):
+        _evaluate(copy, Oracle(scene), max_frames=7)
+
+
 def test_frame_step_resize_and_max_frames(scene: Path) -> None:
     oracle = Oracle(scene, size=(32, 96))
     out = _evaluate(scene, oracle, size=(32, 96), frame_step=2, max_frames=5, resize_mode="depth",
