@@ -29,9 +29,10 @@ from stssl.encoders.base import Encoder
 from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.image_common import (
     PyramidDecoder,
+    begin_forward,
     check_choice,
     check_clip_len1,
-    check_frames,
+    decoder_widths,
     fit_min_frames,
     sample_window,
 )
@@ -184,7 +185,7 @@ class ColorizationTask(PretextTask):
             raise ValueError(f"{owner}: out_stride must be >= 1, got {out_stride}")
         self.num_bins = int(num_bins)
         self.out_stride = int(out_stride)
-        self.decoder_channels = None if decoder_channels is None else tuple(int(c) for c in decoder_channels)
+        self.decoder_channels = decoder_widths(decoder_channels)
         self.decoder: PyramidDecoder | None = None
         self.in_channels = 3
 
@@ -198,11 +199,8 @@ class ColorizationTask(PretextTask):
         self.decoder = PyramidDecoder(spec.channels, out, self.decoder_channels)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
-        if self.decoder is None:
-            raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_frames("ColorizationTask", video, self.clip_len)
-        gen = generator if generator is not None else self.next_generator()
+        video, gen = begin_forward("ColorizationTask", self, batch, self.clip_len, generator, self.decoder)
+        assert self.decoder is not None  # checked by begin_forward
         cb = make_colorization_batch(video, self.clip_len, generator=gen)
         L, H, W = cb.ab.shape[2:]
         size = (L, max(1, H // self.out_stride), max(1, W // self.out_stride))

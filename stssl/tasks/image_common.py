@@ -10,9 +10,14 @@ applies the *same* transform to every frame of the window, so a clip carries one
 - crops: :func:`crop_regions` (per-sample, per-region, optionally per-channel crops in one gather);
 - colour: :func:`recolor_patches` (per-patch greyscale or colour-channel dropping, against colour shortcuts),
   :func:`normalize_patches` (per-patch, per-channel standardisation against low-level statistics shortcuts);
+- grid patches (jigsaw, relative position): :func:`cut_grid_patches` (window, square crop, jittered grid and
+  channel shifts in one seeded call), :func:`recolor_patch_sets`, and :class:`PatchAppearance` (the validated
+  per-patch options: channel jitter, greyscale / channel dropping, standardisation, resizing) whose
+  :meth:`~PatchAppearance.encode` encodes every patch of a set independently;
 - encoding: :func:`fit_min_frames`, :func:`encode_pooled`;
-- a dense decoder for pixel outputs: :class:`PyramidDecoder`;
-- option checks: :func:`check_clip_len1`, :func:`check_fraction`, :func:`check_choice`.
+- a dense decoder for pixel outputs: :class:`PyramidDecoder`, its width option :func:`decoder_widths`;
+- option checks: :func:`check_clip_len1`, :func:`check_fraction`, :func:`check_choice`,
+  :func:`check_channel_jitter`; the common start of a task's forward: :func:`begin_forward`.
 
 All random draws use the passed CPU ``torch.Generator``; large noise tensors are drawn on the data's device from a
 generator seeded by one draw of the CPU generator (:func:`device_generator`), so outputs stay reproducible.
@@ -21,7 +26,8 @@ generator seeded by one draw of the CPU generator (:func:`device_generator`), so
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +38,31 @@ from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.tasks.common import gather_frames, pool_cells
 
+if TYPE_CHECKING:
+    from stssl.tasks.base import PretextTask
+
 __all__ = [
     "CROP_MODES",
     "CropMode",
+    "GridPatches",
+    "PatchAppearance",
     "PyramidDecoder",
+    "begin_forward",
     "channel_shifts",
+    "check_channel_jitter",
     "check_choice",
     "check_clip_len1",
     "check_fraction",
     "check_frames",
     "crop_regions",
+    "cut_grid_patches",
+    "decoder_widths",
     "device_generator",
     "encode_pooled",
     "fit_min_frames",
     "grid_tile_boxes",
     "normalize_patches",
+    "recolor_patch_sets",
     "recolor_patches",
     "resize_patches",
     "sample_window",
@@ -122,6 +138,45 @@ def check_frames(owner: str, video: torch.Tensor, clip_len: int) -> None:
     """
     if video.dim() == 5 and video.shape[2] < clip_len:
         raise ValueError(f"{owner}: video has T={video.shape[2]} frames, needs clip_len = {clip_len}")
+
+
+def check_channel_jitter(owner: str, channel_jitter: int) -> int:
+    """Validate a per-channel shift in pixels (``>= 0``; see :func:`channel_shifts`).
+
+    Example:
+        >>> check_channel_jitter("MyTask", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: channel_jitter must be >= 0, got -1
+    """
+    if channel_jitter < 0:
+        raise ValueError(f"{owner}: channel_jitter must be >= 0, got {channel_jitter}")
+    return int(channel_jitter)
+
+
+def begin_forward(
+    owner: str, task: PretextTask, batch: dict, clip_len: int, generator: torch.Generator | None,
+    *built: nn.Module | None,
+) -> tuple[torch.Tensor, torch.Generator]:
+    """The common start of a frame task's ``forward``: check the task was built, that the video has ``clip_len``
+    frames, and pick the label generator (the passed one, else the task's own :meth:`next_generator`).
+
+    Args:
+        owner: how the frame-count error names the task.
+        task: the task (its class names the build error; it supplies the fallback generator).
+        batch: the batch, ``batch["video"]`` ``(B, C, T, H, W)``.
+        clip_len: frames the task needs.
+        generator: the CPU generator passed to ``forward``, or None.
+        built: the modules ``build`` creates; any None raises.
+
+    Returns:
+        ``(video, generator)``.
+    """
+    if any(module is None for module in built):
+        raise RuntimeError(f"{type(task).__name__}: call build(encoder.spec) before forward")
+    video = batch["video"]
+    check_frames(owner, video, clip_len)
+    return video, generator if generator is not None else task.next_generator()
 
 
 # ---------------------------------------------------------------------------------------------- draws
@@ -359,6 +414,76 @@ def channel_shifts(
     return top3, left3
 
 
+@dataclass
+class GridPatches:
+    """Output of :func:`cut_grid_patches`; everything but ``clips`` is on the CPU.
+
+    Attributes:
+        clips: ``(B, C, L, H, W)`` the windows, square-cropped (unless ``crop="none"``), on the video's device.
+        start: ``(B,)`` first frame of each window.
+        corner: ``(B, 2)`` ``(top, left)`` of the square crop in the frame.
+        top, left: ``(B, G*G, C)`` every cell's patch corner per channel, in ``clips``' pixels, cells row-major.
+        size: ``(h, w)`` of every patch.
+    """
+
+    clips: torch.Tensor
+    start: torch.Tensor
+    corner: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+    size: tuple[int, int]
+
+
+def cut_grid_patches(
+    video: torch.Tensor,
+    clip_len: int,
+    crop: str,
+    grid: int,
+    patch_frac: float,
+    jitter: float,
+    channel_jitter: int,
+    *,
+    generator: torch.Generator | None = None,
+    owner: str = "cut_grid_patches",
+) -> GridPatches:
+    """Lay a ``grid x grid`` layout of jittered patches over a window of each video (the shared first steps of the
+    jigsaw and the relative-position tasks).
+
+    In this order (so the draws are reproducible): :func:`sample_window`, :func:`square_crop`,
+    :func:`grid_tile_boxes`, :func:`channel_shifts`. The patches themselves are not cut: pick cells and pass their
+    corners to :func:`crop_regions`.
+
+    Args:
+        video: ``(B, C, T, H, W)`` with ``T >= clip_len``.
+        clip_len: frames per window ``L``.
+        crop: ``"random"``, ``"center"`` or ``"none"`` square crop before the grid.
+        grid: cells per side ``G``.
+        patch_frac, jitter: patch side over cell side and jitter range, see :func:`grid_tile_boxes`.
+        channel_jitter: per-channel extra shift in pixels, see :func:`channel_shifts`.
+        generator: a CPU ``torch.Generator``.
+        owner: how error messages name the caller.
+
+    Returns:
+        A :class:`GridPatches`.
+
+    Example:
+        >>> gp = cut_grid_patches(torch.rand(2, 3, 1, 30, 36), 1, "center", 3, 0.8, 1.0, 0,
+        ...                       generator=torch.Generator().manual_seed(0))
+        >>> tuple(gp.clips.shape), tuple(gp.top.shape), gp.size
+        ((2, 3, 1, 30, 30), (2, 9, 3), (8, 8))
+    """
+    sizes = check_shape(video, "B C T H W", name=f"{owner} video")
+    check_choice(owner, "crop", crop, CROP_MODES)
+    check_channel_jitter(owner, channel_jitter)
+    B, C = sizes["B"], sizes["C"]
+    clips, start = sample_window(video, clip_len, generator=generator, owner=owner)
+    clips, corner = square_crop(clips, crop, generator=generator, owner=owner)
+    H, W = clips.shape[-2:]
+    top, left, size = grid_tile_boxes(B, H, W, grid, patch_frac, jitter, generator=generator, owner=owner)
+    top3, left3 = channel_shifts(top, left, C, channel_jitter, (H, W), size, generator=generator)
+    return GridPatches(clips=clips, start=start, corner=corner, top=top3, left=left3, size=size)
+
+
 # ---------------------------------------------------------------------------------------------- colour
 
 
@@ -427,6 +552,31 @@ def recolor_patches(
     return out, mode
 
 
+def recolor_patch_sets(
+    patches: torch.Tensor, gray_p: float = 0.0, channel_drop_p: float = 0.0, *, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`recolor_patches` over sets of patches: every patch of every set draws its own colour handling.
+
+    Args:
+        patches: ``(B, K, C, L, h, w)``.
+        gray_p, channel_drop_p: see :func:`recolor_patches`.
+        generator: a CPU ``torch.Generator``.
+
+    Returns:
+        ``(patches, mode)``: ``(B, K, C, L, h, w)`` and ``(B, K)`` int64 (CPU), modes as :func:`recolor_patches`.
+
+    Example:
+        >>> y, mode = recolor_patch_sets(torch.rand(2, 4, 3, 1, 5, 5), gray_p=1.0)
+        >>> tuple(y.shape), mode.tolist()
+        ((2, 4, 3, 1, 5, 5), [[1, 1, 1, 1], [1, 1, 1, 1]])
+    """
+    B, K = patches.shape[:2]
+    flat, mode = recolor_patches(
+        rearrange(patches, "B K C L h w -> (B K) C L h w"), gray_p, channel_drop_p, generator=generator
+    )
+    return rearrange(flat, "(B K) C L h w -> B K C L h w", K=K), mode.view(B, K)
+
+
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Standardise every patch per channel (zero mean, unit std over its frames and pixels), as Noroozi & Favaro
     normalise tiles independently so that low-level statistics cannot match them.
@@ -464,6 +614,75 @@ def resize_patches(patches: torch.Tensor, size: int | None) -> torch.Tensor:
     shrink = size < sizes["h"] or size < sizes["w"]
     frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
     return rearrange(frames, "(N L) C h w -> N C L h w", L=sizes["L"])
+
+
+@dataclass(frozen=True)
+class PatchAppearance:
+    """How the patches of a patch task look: the per-patch appearance options shared by the jigsaw and the
+    relative-position tasks, validated once by :meth:`checked`.
+
+    Attributes:
+        channel_jitter: per-channel extra shift in pixels (:func:`channel_shifts`).
+        gray_p, channel_drop_p: per-patch colour handling (:func:`recolor_patches`), ``gray_p + channel_drop_p <= 1``.
+        normalize: standardise each patch per channel before encoding (:func:`normalize_patches`).
+        resize_to: resize every patch to this square size before encoding (:func:`resize_patches`), or None.
+
+    Example:
+        >>> PatchAppearance.checked("MyTask", gray_p=0.3).gray_p
+        0.3
+        >>> PatchAppearance.checked("MyTask", gray_p=0.6, channel_drop_p=0.6)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: gray_p + channel_drop_p must be <= 1, got 0.6 + 0.6
+    """
+
+    channel_jitter: int = 0
+    gray_p: float = 0.0
+    channel_drop_p: float = 0.0
+    normalize: bool = False
+    resize_to: int | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        owner: str,
+        channel_jitter: int = 0,
+        gray_p: float = 0.0,
+        channel_drop_p: float = 0.0,
+        normalize: bool = False,
+        resize_to: int | None = None,
+    ) -> PatchAppearance:
+        """Validate the options (errors name ``owner``) and convert them to their types."""
+        jitter_px = check_channel_jitter(owner, channel_jitter)
+        gray = check_fraction(owner, "gray_p", gray_p)
+        drop = check_fraction(owner, "channel_drop_p", channel_drop_p)
+        if gray + drop > 1.0:
+            raise ValueError(f"{owner}: gray_p + channel_drop_p must be <= 1, got {gray_p} + {channel_drop_p}")
+        if resize_to is not None and resize_to < 1:
+            raise ValueError(f"{owner}: resize_to must be a positive size in pixels or None, got {resize_to}")
+        return cls(jitter_px, gray, drop, bool(normalize), None if resize_to is None else int(resize_to))
+
+    def encode(
+        self, encoder: Encoder, patches: torch.Tensor, head: nn.Module, pool_grid: tuple[int, int] = (1, 1)
+    ) -> torch.Tensor:
+        """Encode every patch of every set independently (resized, then standardised, as the options say), map each
+        pooled feature by the shared per-patch ``head`` and concatenate each set's features in order.
+
+        Args:
+            encoder: the shared encoder.
+            patches: ``(B, K, C, L, h, w)``.
+            head: per-patch layer, ``(N, D * h * w) -> (N, F)``.
+            pool_grid: ``(h, w)`` cells kept from each patch's dense map.
+
+        Returns:
+            ``(B, K * F)``.
+        """
+        K = patches.shape[1]
+        flat = resize_patches(rearrange(patches, "B K C L h w -> (B K) C L h w"), self.resize_to)
+        if self.normalize:
+            flat = normalize_patches(flat)
+        feats = head(encode_pooled(encoder, flat, pool_grid))
+        return rearrange(feats, "(B K) F -> B (K F)", K=K)
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -505,6 +724,16 @@ def encode_pooled(encoder: Encoder, clips: torch.Tensor, pool_grid: tuple[int, i
 
 
 # ---------------------------------------------------------------------------------------------- dense decoder
+
+
+def decoder_widths(decoder_channels: Sequence[int] | None) -> tuple[int, ...] | None:
+    """A ``decoder_channels`` option as a tuple of ints (None stays None: :class:`PyramidDecoder`'s default).
+
+    Example:
+        >>> decoder_widths([8.0, 16]), decoder_widths(None)
+        ((8, 16), None)
+    """
+    return None if decoder_channels is None else tuple(int(c) for c in decoder_channels)
 
 
 def _conv_elu(in_channels: int, out_channels: int, kernel: tuple[int, int, int]) -> nn.Sequential:

@@ -29,10 +29,11 @@ from stssl.encoders.base import Encoder
 from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.image_common import (
     PyramidDecoder,
+    begin_forward,
     check_choice,
     check_clip_len1,
     check_fraction,
-    check_frames,
+    decoder_widths,
     fit_min_frames,
     sample_window,
 )
@@ -200,7 +201,7 @@ class InpaintingTask(PretextTask):
         self.context_weight = float(context_weight)
         self.overlap = None if overlap is None else int(overlap)
         self.context_norm = check_choice(owner, "context_norm", context_norm, CONTEXT_NORMS)
-        self.decoder_channels = None if decoder_channels is None else tuple(int(c) for c in decoder_channels)
+        self.decoder_channels = decoder_widths(decoder_channels)
         self.decoder: PyramidDecoder | None = None
 
     @property
@@ -227,11 +228,8 @@ class InpaintingTask(PretextTask):
         return grown - mask
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
-        if self.decoder is None:
-            raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_frames("InpaintingTask", video, self.clip_len)
-        gen = generator if generator is not None else self.next_generator()
+        video, gen = begin_forward("InpaintingTask", self, batch, self.clip_len, generator, self.decoder)
+        assert self.decoder is not None  # checked by begin_forward
         ib = make_inpainting_batch(video, self.clip_len, self.region, self.hole_frac, self.fill, generator=gen)
         L, H, W = ib.target.shape[2:]
         pyramid = encoder(fit_min_frames(ib.masked, encoder.spec.min_frames)).pyramid

@@ -55,19 +55,14 @@ from stssl.tasks.common import (
 )
 from stssl.tasks.image_common import (
     CROP_MODES,
-    channel_shifts,
+    PatchAppearance,
+    begin_forward,
     check_choice,
     check_clip_len1,
     check_fraction,
-    check_frames,
     crop_regions,
-    encode_pooled,
-    grid_tile_boxes,
-    normalize_patches,
-    recolor_patches,
-    resize_patches,
-    sample_window,
-    square_crop,
+    cut_grid_patches,
+    recolor_patch_sets,
 )
 from stssl.types import EncoderSpec, TaskOutput
 
@@ -237,19 +232,13 @@ def make_jigsaw_batch(
         True
     """
     owner = "make_jigsaw_batch"
-    sizes = check_shape(video, "B C T H W", name=f"{owner} video")
+    B = check_shape(video, "B C T H W", name=f"{owner} video")["B"]
     K = grid * grid
     if permutations is not None:
         check_shape(permutations, f"P {K}", name=f"{owner} permutations")
-    check_choice(owner, "crop", crop, CROP_MODES)
-    if channel_jitter < 0:
-        raise ValueError(f"{owner}: channel_jitter must be >= 0, got {channel_jitter}")
-    B, C = sizes["B"], sizes["C"]
-    clips, start = sample_window(video, clip_len, generator=generator, owner=owner)
-    clips, corner = square_crop(clips, crop, generator=generator, owner=owner)
-    H, W = clips.shape[-2:]
-    top, left, tile = grid_tile_boxes(B, H, W, grid, tile_frac, jitter, generator=generator, owner=owner)
-    top3, left3 = channel_shifts(top, left, C, channel_jitter, (H, W), tile, generator=generator)
+    gp = cut_grid_patches(
+        video, clip_len, crop, grid, tile_frac, jitter, channel_jitter, generator=generator, owner=owner
+    )
     if permutations is None:
         permutation = torch.rand(B, K, generator=generator).argsort(dim=1)
         label = torch.full((B,), -1, dtype=torch.long)
@@ -257,14 +246,11 @@ def make_jigsaw_batch(
         label = torch.randint(permutations.shape[0], (B,), generator=generator)
         permutation = permutations.cpu()[label].long()
     rows = torch.arange(B)[:, None]
-    tiles = crop_regions(clips, top3[rows, permutation], left3[rows, permutation], tile)  # shuffled order
-    flat, mode = recolor_patches(
-        rearrange(tiles, "B K C L h w -> (B K) C L h w"), gray_p, channel_drop_p, generator=generator
-    )
-    tiles = rearrange(flat, "(B K) C L h w -> B K C L h w", K=K)
+    tiles = crop_regions(gp.clips, gp.top[rows, permutation], gp.left[rows, permutation], gp.size)  # shuffled order
+    tiles, mode = recolor_patch_sets(tiles, gray_p, channel_drop_p, generator=generator)
     return JigsawBatch(
-        tiles=tiles, label=label.to(video.device), permutation=permutation, top=top3, left=left3, corner=corner,
-        start=start, color_mode=mode.view(B, K),
+        tiles=tiles, label=label.to(video.device), permutation=permutation, top=gp.top, left=gp.left,
+        corner=gp.corner, start=gp.start, color_mode=mode,
     )
 
 
@@ -351,17 +337,10 @@ class JigsawTask(PretextTask):
         self.crop = check_choice(owner, "crop", crop, CROP_MODES)
         self.tile_frac = check_fraction(owner, "tile_frac", tile_frac, low_open=True)
         self.jitter = check_fraction(owner, "jitter", jitter)
-        if channel_jitter < 0:
-            raise ValueError(f"{owner}: channel_jitter must be >= 0, got {channel_jitter}")
-        self.channel_jitter = int(channel_jitter)
-        self.gray_p = check_fraction(owner, "gray_p", gray_p)
-        self.channel_drop_p = check_fraction(owner, "channel_drop_p", channel_drop_p)
-        if self.gray_p + self.channel_drop_p > 1.0:
-            raise ValueError(f"{owner}: gray_p + channel_drop_p must be <= 1, got {gray_p} + {channel_drop_p}")
-        self.normalize_tiles = bool(normalize_tiles)
-        if resize_to is not None and resize_to < 1:
-            raise ValueError(f"{owner}: resize_to must be a positive size in pixels or None, got {resize_to}")
-        self.resize_to = None if resize_to is None else int(resize_to)
+        #: the validated tile options (``normalize`` is ``normalize_tiles``)
+        self.appearance = PatchAppearance.checked(
+            owner, channel_jitter, gray_p, channel_drop_p, normalize_tiles, resize_to
+        )
         self.hidden = int(hidden)
         self.dropout = float(dropout)
         self.pool_grid = check_pool_grid(owner, pool_grid)
@@ -384,22 +363,15 @@ class JigsawTask(PretextTask):
         self.classifier = mlp_head(self.num_tiles * self.hidden, self.hidden, self.num_classes, self.dropout)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
-        if self.tile_head is None or self.classifier is None:
-            raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_frames("JigsawTask", video, self.clip_len)
-        gen = generator if generator is not None else self.next_generator()
+        video, gen = begin_forward("JigsawTask", self, batch, self.clip_len, generator, self.tile_head, self.classifier)
+        assert self.tile_head is not None and self.classifier is not None  # checked by begin_forward
+        app = self.appearance
         jb = make_jigsaw_batch(
             video, self.permutations if self.num_permutations is not None else None, self.grid, self.clip_len,
-            self.crop, self.tile_frac, self.jitter, self.channel_jitter, self.gray_p, self.channel_drop_p,
+            self.crop, self.tile_frac, self.jitter, app.channel_jitter, app.gray_p, app.channel_drop_p,
             generator=gen,
         )
-        tiles = rearrange(jb.tiles, "B K C L h w -> (B K) C L h w")
-        tiles = resize_patches(tiles, self.resize_to)
-        if self.normalize_tiles:
-            tiles = normalize_patches(tiles)
-        feats = self.tile_head(encode_pooled(encoder, tiles, self.pool_grid))
-        logits = self.classifier(rearrange(feats, "(B K) F -> B (K F)", K=self.num_tiles))
+        logits = self.classifier(app.encode(encoder, jb.tiles, self.tile_head, self.pool_grid))
         if self.predict == "permutation":
             return classification_output(logits, jb.label)
         target = jb.permutation.to(video.device)

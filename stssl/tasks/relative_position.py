@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from stssl.checks import check_shape
@@ -37,20 +36,15 @@ from stssl.tasks.common import (
 )
 from stssl.tasks.image_common import (
     CROP_MODES,
-    channel_shifts,
+    PatchAppearance,
+    begin_forward,
     check_choice,
     check_clip_len1,
     check_fraction,
-    check_frames,
     crop_regions,
-    encode_pooled,
-    grid_tile_boxes,
-    recolor_patches,
-    resize_patches,
-    sample_window,
-    square_crop,
+    cut_grid_patches,
+    recolor_patch_sets,
 )
-from stssl.tasks.image_common import normalize_patches as standardize_patches
 from stssl.types import EncoderSpec, TaskOutput
 
 __all__ = ["NEIGHBOR_CELLS", "NEIGHBOR_OFFSETS", "RelativePositionBatch", "RelativePositionTask",
@@ -126,27 +120,18 @@ def make_relative_position_batch(
         True
     """
     owner = "make_relative_position_batch"
-    sizes = check_shape(video, "B C T H W", name=f"{owner} video")
-    check_choice(owner, "crop", crop, CROP_MODES)
-    if channel_jitter < 0:
-        raise ValueError(f"{owner}: channel_jitter must be >= 0, got {channel_jitter}")
-    B, C = sizes["B"], sizes["C"]
-    clips, start = sample_window(video, clip_len, generator=generator, owner=owner)
-    clips, corner = square_crop(clips, crop, generator=generator, owner=owner)
-    H, W = clips.shape[-2:]
-    top, left, size = grid_tile_boxes(B, H, W, 3, patch_frac, jitter, generator=generator, owner=owner)
-    top3, left3 = channel_shifts(top, left, C, channel_jitter, (H, W), size, generator=generator)
+    B = check_shape(video, "B C T H W", name=f"{owner} video")["B"]
+    gp = cut_grid_patches(video, clip_len, crop, 3, patch_frac, jitter, channel_jitter, generator=generator, owner=owner)
     label = torch.randint(len(NEIGHBOR_CELLS), (B,), generator=generator)
     cells = torch.stack([torch.full((B,), _CENTER_CELL), NEIGHBOR_CELLS[label]], dim=1)  # (B, 2)
     rows = torch.arange(B)[:, None]
-    top_sel, left_sel = top3[rows, cells], left3[rows, cells]
-    patches = crop_regions(clips, top_sel, left_sel, size)
-    flat, mode = recolor_patches(
-        rearrange(patches, "B P C L h w -> (B P) C L h w"), gray_p, channel_drop_p, generator=generator
+    top_sel, left_sel = gp.top[rows, cells], gp.left[rows, cells]
+    patches, mode = recolor_patch_sets(
+        crop_regions(gp.clips, top_sel, left_sel, gp.size), gray_p, channel_drop_p, generator=generator
     )
     return RelativePositionBatch(
-        patches=rearrange(flat, "(B P) C L h w -> B P C L h w", P=2), label=label.to(video.device), top=top_sel,
-        left=left_sel, corner=corner, start=start, color_mode=mode.view(B, 2),
+        patches=patches, label=label.to(video.device), top=top_sel, left=left_sel, corner=gp.corner,
+        start=gp.start, color_mode=mode,
     )
 
 
@@ -204,17 +189,10 @@ class RelativePositionTask(PretextTask):
         self.crop = check_choice(owner, "crop", crop, CROP_MODES)
         self.patch_frac = check_fraction(owner, "patch_frac", patch_frac, low_open=True)
         self.jitter = check_fraction(owner, "jitter", jitter)
-        if channel_jitter < 0:
-            raise ValueError(f"{owner}: channel_jitter must be >= 0, got {channel_jitter}")
-        self.channel_jitter = int(channel_jitter)
-        self.gray_p = check_fraction(owner, "gray_p", gray_p)
-        self.channel_drop_p = check_fraction(owner, "channel_drop_p", channel_drop_p)
-        if self.gray_p + self.channel_drop_p > 1.0:
-            raise ValueError(f"{owner}: gray_p + channel_drop_p must be <= 1, got {gray_p} + {channel_drop_p}")
-        self.normalize_patches = bool(normalize_patches)
-        if resize_to is not None and resize_to < 1:
-            raise ValueError(f"{owner}: resize_to must be a positive size in pixels or None, got {resize_to}")
-        self.resize_to = None if resize_to is None else int(resize_to)
+        #: the validated patch options (``normalize`` is ``normalize_patches``)
+        self.appearance = PatchAppearance.checked(
+            owner, channel_jitter, gray_p, channel_drop_p, normalize_patches, resize_to
+        )
         self.hidden = int(hidden)
         self.dropout = float(dropout)
         self.pool_grid = check_pool_grid(owner, pool_grid)
@@ -230,18 +208,14 @@ class RelativePositionTask(PretextTask):
         self.classifier = mlp_head(2 * self.hidden, self.hidden, len(NEIGHBOR_CELLS), self.dropout)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
-        if self.patch_head is None or self.classifier is None:
-            raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_frames("RelativePositionTask", video, self.clip_len)
-        gen = generator if generator is not None else self.next_generator()
-        rb = make_relative_position_batch(
-            video, self.clip_len, self.crop, self.patch_frac, self.jitter, self.channel_jitter, self.gray_p,
-            self.channel_drop_p, generator=gen,
+        video, gen = begin_forward(
+            "RelativePositionTask", self, batch, self.clip_len, generator, self.patch_head, self.classifier
         )
-        patches = rearrange(rb.patches, "B P C L h w -> (B P) C L h w")
-        patches = resize_patches(patches, self.resize_to)
-        if self.normalize_patches:
-            patches = standardize_patches(patches)
-        feats = self.patch_head(encode_pooled(encoder, patches, self.pool_grid))
-        return classification_output(self.classifier(rearrange(feats, "(B P) F -> B (P F)", P=2)), rb.label)
+        assert self.patch_head is not None and self.classifier is not None  # checked by begin_forward
+        app = self.appearance
+        rb = make_relative_position_batch(
+            video, self.clip_len, self.crop, self.patch_frac, self.jitter, app.channel_jitter, app.gray_p,
+            app.channel_drop_p, generator=gen,
+        )
+        feats = app.encode(encoder, rb.patches, self.patch_head, self.pool_grid)
+        return classification_output(self.classifier(feats), rb.label)

@@ -27,9 +27,9 @@ from stssl.tasks.common import (
 )
 from stssl.tasks.image_common import (
     CROP_MODES,
+    begin_forward,
     check_choice,
     check_clip_len1,
-    check_frames,
     encode_pooled,
     sample_window,
     square_crop,
@@ -205,10 +205,7 @@ class RotationTask(PretextTask):
         self.head = mlp_head(pooled_dim(spec.dim, self.pool_grid), self.hidden, NUM_ROTATIONS, self.dropout)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
-        if self.head is None:
-            raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
-        video = batch["video"]
-        check_frames("RotationTask", video, self.clip_len)
-        gen = generator if generator is not None else self.next_generator()
+        video, gen = begin_forward("RotationTask", self, batch, self.clip_len, generator, self.head)
+        assert self.head is not None  # checked by begin_forward
         rb = make_rotation_batch(video, self.clip_len, self.crop, self.all_rotations, generator=gen)
         return classification_output(self.head(encode_pooled(encoder, rb.clips, self.pool_grid)), rb.label)

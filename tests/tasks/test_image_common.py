@@ -8,12 +8,18 @@ import torch
 from stssl.encoders.frame2d import resnet18_2d_tiny
 from stssl.encoders.resnet3d import r3d_tiny
 from stssl.tasks.image_common import (
+    PatchAppearance,
     PyramidDecoder,
+    begin_forward,
     channel_shifts,
     crop_regions,
+    cut_grid_patches,
+    decoder_widths,
+    encode_pooled,
     fit_min_frames,
     grid_tile_boxes,
     normalize_patches,
+    recolor_patch_sets,
     recolor_patches,
     resize_patches,
     sample_window,
@@ -137,3 +143,82 @@ def test_resize_patches() -> None:
     assert up.shape == (2, 3, 2, 12, 12)
     flat = torch.full((1, 3, 1, 6, 6), 0.3)
     torch.testing.assert_close(resize_patches(flat, 4), torch.full((1, 3, 1, 4, 4), 0.3))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"channel_jitter": -1}, "T: channel_jitter must be >= 0, got -1"),
+        ({"gray_p": 1.5}, "T: gray_p must be in [0.0, 1.0], got 1.5"),
+        ({"channel_drop_p": -0.1}, "T: channel_drop_p must be in [0.0, 1.0], got -0.1"),
+        ({"gray_p": 0.6, "channel_drop_p": 0.6}, "T: gray_p + channel_drop_p must be <= 1, got 0.6 + 0.6"),
+        ({"resize_to": 0}, "T: resize_to must be a positive size in pixels or None, got 0"),
+    ],
+)
+def test_patch_appearance_rejects_bad_options(options: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        PatchAppearance.checked("T", **options)
+    assert str(err.value) == message
+
+
+def test_patch_appearance_converts_types_and_is_frozen() -> None:
+    app = PatchAppearance.checked("T", 2.0, 1, 0, 1, 16.0)  # type: ignore[arg-type]
+    assert app == PatchAppearance(2, 1.0, 0.0, True, 16)
+    assert type(app.channel_jitter) is int and type(app.gray_p) is float and type(app.resize_to) is int
+    with pytest.raises(AttributeError):
+        app.gray_p = 0.5  # type: ignore[misc]
+
+
+def test_patch_appearance_encode_matches_per_patch_encoding() -> None:
+    torch.manual_seed(0)
+    enc = r3d_tiny(width=4)
+    head = torch.nn.Linear(enc.spec.dim, 5)
+    patches = torch.rand(2, 3, 3, 1, 10, 10, generator=torch.Generator().manual_seed(1))
+    enc.eval()  # batch norm in eval mode: each patch's feature does not depend on the others
+    app = PatchAppearance(normalize=True, resize_to=16)
+    out = app.encode(enc, patches, head)
+    assert out.shape == (2, 3 * 5)
+    one = normalize_patches(resize_patches(patches[1, 2:3], 16))
+    expected = head(encode_pooled(enc, one))
+    torch.testing.assert_close(out[1, 10:15], expected[0], atol=1e-5, rtol=1e-5)
+
+
+def test_cut_grid_patches_places_cells_row_major_inside_the_crop() -> None:
+    video = torch.rand(3, 3, 4, 30, 40, generator=torch.Generator().manual_seed(0))
+    gp = cut_grid_patches(video, 2, "random", 3, 0.8, 1.0, 1, generator=torch.Generator().manual_seed(1))
+    assert gp.clips.shape == (3, 3, 2, 30, 30) and gp.top.shape == (3, 9, 3) and gp.size == (8, 8)
+    cell_row = (gp.top + 4) // 10  # the patch's centre stays in its cell up to the 1 px channel shift
+    assert torch.equal(cell_row[:, :, 0], torch.arange(9).div(3, rounding_mode="floor").expand(3, 9))
+    for b in range(3):
+        s, c = int(gp.start[b]), int(gp.corner[b, 1])
+        assert torch.equal(gp.clips[b], video[b, :, s : s + 2, :, c : c + 30])
+    again = cut_grid_patches(video, 2, "random", 3, 0.8, 1.0, 1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again.top, gp.top) and torch.equal(again.left, gp.left)
+    with pytest.raises(ValueError, match="X: channel_jitter must be >= 0"):
+        cut_grid_patches(video, 1, "center", 3, 0.8, 1.0, -1, owner="X")
+
+
+def test_recolor_patch_sets_matches_flat_recolor() -> None:
+    patches = torch.rand(2, 4, 3, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    out, mode = recolor_patch_sets(patches, 0.3, 0.5, generator=torch.Generator().manual_seed(1))
+    flat, flat_mode = recolor_patches(patches.flatten(0, 1), 0.3, 0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, flat.view_as(patches)) and torch.equal(mode, flat_mode.view(2, 4))
+
+
+def test_begin_forward_checks_build_and_frames_and_picks_generator() -> None:
+    from stssl.tasks.rotation import RotationTask
+
+    task = RotationTask(hidden=4, clip_len=2)
+    batch = {"video": torch.rand(1, 3, 2, 8, 8)}
+    with pytest.raises(RuntimeError, match="RotationTask: call build"):
+        begin_forward("RotationTask", task, batch, 2, None, task.head)
+    with pytest.raises(ValueError, match="Owner: video has T=2 frames, needs clip_len = 3"):
+        begin_forward("Owner", task, batch, 3, None)
+    g = torch.Generator()
+    video, gen = begin_forward("Owner", task, batch, 2, g)
+    assert video is batch["video"] and gen is g
+    assert isinstance(begin_forward("Owner", task, batch, 2, None)[1], torch.Generator)
+
+
+def test_decoder_widths() -> None:
+    assert decoder_widths((4.0, 8)) == (4, 8) and decoder_widths(None) is None  # type: ignore[arg-type]
