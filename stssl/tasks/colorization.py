@@ -3,7 +3,7 @@ Representations for Automatic Colorization", ECCV 2016), on single frames or on 
 
 Each frame is converted to CIE Lab (:func:`kornia.color.rgb_to_lab`, sRGB in ``[0, 1]``, D65). The encoder sees
 only the lightness ``L / 100`` (replicated to its input channels); a light dense decoder over its feature
-pyramid (:class:`~stssl.tasks.image_common.PyramidDecoder`) predicts the two colour channels ``ab`` of every
+pyramid (:class:`~stssl.heads.dense.PyramidDecoder`) predicts the two colour channels ``ab`` of every
 frame, either by regression (``loss="l1"`` or ``"l2"`` on ``ab / 100``) or, as Zhang et al., by classification
 over a quantised ``ab`` grid (``loss="classify"``: ``num_bins x num_bins`` cells over ``[-110, 110]^2``, cross
 entropy per pixel, predictions decoded as the expected bin centre). Not included: Zhang et al.'s class
@@ -26,9 +26,9 @@ from einops import rearrange
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
+from stssl.heads.dense import PyramidDecoder
 from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.image_common import (
-    PyramidDecoder,
     begin_forward,
     check_choice,
     check_clip_len1,
@@ -147,7 +147,7 @@ class ColorizationTask(PretextTask):
         num_bins: cells per ``ab`` axis for ``"classify"`` (Zhang et al.'s grid step of 10 is ``num_bins=22``).
         out_stride: predict at ``1 / out_stride`` of the input size (Zhang et al. predict at 1/4; targets are
             area-averaged ``ab``), which keeps ``"classify"``'s logits small.
-        decoder_channels: :class:`~stssl.tasks.image_common.PyramidDecoder` widths; ``None`` halves the encoder's.
+        decoder_channels: :class:`~stssl.heads.dense.PyramidDecoder` widths; ``None`` halves the encoder's.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
     Expects RGB ``batch["video"]`` in ``[0, 1]``. Logs ``loss``, ``ab_l1`` and ``gray_ab_l1`` (the ``ab = 0``

@@ -42,6 +42,7 @@ from torch import nn
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
+from stssl.heads.dense import PyramidDecoder
 from stssl.losses.photometric import SSIM_WINDOWS, photometric_error
 from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.common import check_pool_grid, pool_cells
@@ -156,19 +157,15 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_val: float = 1.0) -> torc
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _conv_elu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2), nn.ELU(inplace=True))
-
-
 class FuturePixelDecoder(nn.Module):
-    """A light U-Net that decodes future frames from a video encoder's pyramid.
+    """Decodes future frames from a video encoder's pyramid: a :class:`~stssl.heads.dense.PyramidDecoder` over the
+    pyramid with its time axis collapsed.
 
     Each stage ``(B, C_i, T_i, H_i, W_i)`` loses its time axis by a learned temporal projection: the mean over
-    ``T_i`` and the last time step are concatenated and mixed by a 1x1 convolution (any ``T_i`` works, and the
-    most recent step keeps its own weights). From the deepest stage up, the map is upsampled (bilinear) to the
-    next shallower stage's size, concatenated with it (skip connection) and mixed by conv3x3 + ELU; the result is
-    upsampled to the input size, and a conv3x3 head with a sigmoid gives ``out_frames * out_channels`` channels.
-    Stage sizes are read from the tensors, so any pyramid works (3D CNNs, per-frame 2D encoders).
+    ``T_i`` and the last time step are concatenated (``2 C_i`` channels, one time step) and the decoder's 1x1
+    lateral convolution mixes them (any ``T_i`` works, and the most recent step keeps its own weights). The
+    decoder's ``out_frames * out_channels`` outputs at the input size pass a sigmoid and become the frames. Stage
+    sizes are read from the tensors, so any pyramid works (3D CNNs, per-frame 2D encoders).
 
     Args:
         enc_channels: channels ``C_i`` of the encoder stages, shallow to deep (``encoder.spec.channels``).
@@ -197,26 +194,16 @@ class FuturePixelDecoder(nn.Module):
     ) -> None:
         super().__init__()
         enc = tuple(int(c) for c in enc_channels)
-        dec = tuple(max(8, c // 2) for c in enc) if dec_channels is None else tuple(int(c) for c in dec_channels)
         if not enc or any(c < 1 for c in enc):
             raise ValueError(f"FuturePixelDecoder: enc_channels must be positive channel counts, got {enc}")
-        if len(dec) != len(enc) or any(c < 1 for c in dec):
-            raise ValueError(
-                f"FuturePixelDecoder: dec_channels must give {len(enc)} positive channel counts (one per encoder "
-                f"stage of enc_channels={enc}), got {dec}"
-            )
         if out_frames < 1 or out_channels < 1:
             raise ValueError(f"FuturePixelDecoder: out_frames and out_channels must be >= 1, got {out_frames}, {out_channels}")
         self.enc_channels = enc
-        self.dec_channels = dec
         self.out_frames = int(out_frames)
         self.out_channels = int(out_channels)
-        self.lateral = nn.ModuleList(_conv_elu(2 * c, d, kernel=1) for c, d in zip(enc, dec, strict=True))
-        self.fuse = nn.ModuleList(_conv_elu(dec[i] + dec[i + 1], dec[i]) for i in range(len(enc) - 1))
-        self.head = nn.Sequential(
-            _conv_elu(dec[0], dec[0]),
-            nn.Conv2d(dec[0], self.out_frames * self.out_channels, 3, padding=1),
-            nn.Sigmoid(),
+        default = tuple(max(8, c // 2) for c in enc)  # halves C_i, not the 2 C_i the decoder sees
+        self.decoder = PyramidDecoder(
+            [2 * c for c in enc], self.out_frames * self.out_channels, default if dec_channels is None else dec_channels
         )
 
     def forward(self, pyramid: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
@@ -225,16 +212,12 @@ class FuturePixelDecoder(nn.Module):
                 f"FuturePixelDecoder: got {len(pyramid)} pyramid stages, built for {len(self.enc_channels)}"
             )
         sizes: dict[str, int] = {}
-        lateral = []
-        for i, (feat, layer) in enumerate(zip(pyramid, self.lateral, strict=True)):
+        collapsed = []
+        for i, feat in enumerate(pyramid):
             check_shape(feat, f"B {self.enc_channels[i]} * * *", sizes, name=f"pyramid[{i}]")
-            lateral.append(layer(torch.cat([feat.mean(dim=2), feat[:, :, -1]], dim=1)))
-        x = lateral[-1]
-        for i in range(len(lateral) - 2, -1, -1):
-            x = F.interpolate(x, size=lateral[i].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.fuse[i](torch.cat([x, lateral[i]], dim=1))
-        x = F.interpolate(x, size=tuple(int(s) for s in image_size), mode="bilinear", align_corners=False)
-        return rearrange(self.head(x), "B (t c) H W -> B c t H W", t=self.out_frames)
+            collapsed.append(torch.cat([feat.mean(dim=2), feat[:, :, -1]], dim=1)[:, :, None])
+        out = self.decoder(collapsed, (1, int(image_size[0]), int(image_size[1])))[:, :, 0].sigmoid()
+        return rearrange(out, "B (t c) H W -> B c t H W", t=self.out_frames)
 
 
 class FuturePixelTask(PretextTask):

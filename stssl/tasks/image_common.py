@@ -15,7 +15,7 @@ applies the *same* transform to every frame of the window, so a clip carries one
   per-patch options: channel jitter, greyscale / channel dropping, standardisation, resizing) whose
   :meth:`~PatchAppearance.encode` encodes every patch of a set independently;
 - encoding: :func:`fit_min_frames`, :func:`encode_pooled`;
-- a dense decoder for pixel outputs: :class:`PyramidDecoder`, its width option :func:`decoder_widths`;
+- the width option of :class:`stssl.heads.dense.PyramidDecoder`: :func:`decoder_widths`;
 - option checks: :func:`check_clip_len1`, :func:`check_fraction`, :func:`check_choice`,
   :func:`check_channel_jitter`; the common start of a task's forward: :func:`begin_forward`.
 
@@ -46,7 +46,6 @@ __all__ = [
     "CropMode",
     "GridPatches",
     "PatchAppearance",
-    "PyramidDecoder",
     "begin_forward",
     "channel_shifts",
     "check_channel_jitter",
@@ -727,83 +726,10 @@ def encode_pooled(encoder: Encoder, clips: torch.Tensor, pool_grid: tuple[int, i
 
 
 def decoder_widths(decoder_channels: Sequence[int] | None) -> tuple[int, ...] | None:
-    """A ``decoder_channels`` option as a tuple of ints (None stays None: :class:`PyramidDecoder`'s default).
+    """A ``decoder_channels`` option as a tuple of ints (None stays None: :class:`~stssl.heads.dense.PyramidDecoder`'s default).
 
     Example:
         >>> decoder_widths([8.0, 16]), decoder_widths(None)
         ((8, 16), None)
     """
     return None if decoder_channels is None else tuple(int(c) for c in decoder_channels)
-
-
-def _conv_elu(in_channels: int, out_channels: int, kernel: tuple[int, int, int]) -> nn.Sequential:
-    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel, padding=padding), nn.ELU(inplace=True))
-
-
-class PyramidDecoder(nn.Module):
-    """A light feature-pyramid decoder from any encoder's pyramid to a dense ``(B, K, L, H, W)`` output.
-
-    Every stage gets a 1x1x1 lateral convolution; from the deepest stage up, the map is upsampled (trilinear) to
-    the next shallower stage's ``(T_i, H_i, W_i)``, concatenated with its lateral and mixed by a 1x3x3 convolution
-    + ELU; the result is upsampled to the requested output size and a 1x3x3 conv + ELU + 1x3x3 conv head gives
-    ``out_channels`` raw values (no activation: the task picks one). Stage sizes are read from the tensors, so
-    3D CNNs (time downsampled, upsampled back here), per-frame 2D encoders and single frames all work. (The
-    monodepth2-style :class:`stssl.heads.dense.DisparityDecoder` needs a per-frame pyramid with ``/2 … /32``
-    strides, so it does not serve 3D CNNs.)
-
-    Args:
-        enc_channels: ``C_i`` per encoder stage, shallow to deep (``encoder.spec.channels``).
-        out_channels: ``K``, output channels.
-        dec_channels: decoder width per stage (same length); ``None`` uses ``max(8, C_i // 2)``.
-
-    Shape:
-        - pyramid: ``(B, C_i, T_i, H_i, W_i)`` per stage.
-        - output: ``(B, out_channels, L, H, W)`` for ``size=(L, H, W)``.
-
-    Example:
-        >>> from stssl.encoders.resnet3d import r3d_tiny
-        >>> enc = r3d_tiny(width=4)
-        >>> dec = PyramidDecoder(enc.spec.channels, out_channels=2)
-        >>> tuple(dec(enc(torch.rand(2, 3, 4, 32, 32)).pyramid, (4, 32, 32)).shape)
-        (2, 2, 4, 32, 32)
-    """
-
-    def __init__(
-        self, enc_channels: Sequence[int], out_channels: int, dec_channels: Sequence[int] | None = None
-    ) -> None:
-        super().__init__()
-        enc = tuple(int(c) for c in enc_channels)
-        dec = tuple(max(8, c // 2) for c in enc) if dec_channels is None else tuple(int(c) for c in dec_channels)
-        if not enc or any(c < 1 for c in enc):
-            raise ValueError(f"PyramidDecoder: enc_channels must be positive channel counts, got {enc}")
-        if len(dec) != len(enc) or any(c < 1 for c in dec):
-            raise ValueError(
-                f"PyramidDecoder: dec_channels must give {len(enc)} positive widths (one per encoder stage of "
-                f"enc_channels={enc}), got {dec}"
-            )
-        if out_channels < 1:
-            raise ValueError(f"PyramidDecoder: out_channels must be >= 1, got {out_channels}")
-        self.enc_channels = enc
-        self.dec_channels = dec
-        self.out_channels = int(out_channels)
-        self.lateral = nn.ModuleList(_conv_elu(c, d, (1, 1, 1)) for c, d in zip(enc, dec, strict=True))
-        self.fuse = nn.ModuleList(_conv_elu(dec[i] + dec[i + 1], dec[i], (1, 3, 3)) for i in range(len(enc) - 1))
-        self.head = nn.Sequential(
-            _conv_elu(dec[0], dec[0], (1, 3, 3)), nn.Conv3d(dec[0], self.out_channels, (1, 3, 3), padding=(0, 1, 1))
-        )
-
-    def forward(self, pyramid: Sequence[torch.Tensor], size: tuple[int, int, int]) -> torch.Tensor:
-        if len(pyramid) != len(self.enc_channels):
-            raise ValueError(f"PyramidDecoder: got {len(pyramid)} pyramid stages, built for {len(self.enc_channels)}")
-        sizes: dict[str, int] = {}
-        lateral = []
-        for i, (feat, layer) in enumerate(zip(pyramid, self.lateral, strict=True)):
-            check_shape(feat, f"B {self.enc_channels[i]} * * *", sizes, name=f"PyramidDecoder pyramid[{i}]")
-            lateral.append(layer(feat))
-        x = lateral[-1]
-        for i in range(len(lateral) - 2, -1, -1):
-            x = F.interpolate(x, size=lateral[i].shape[2:], mode="trilinear", align_corners=False)
-            x = self.fuse[i](torch.cat([x, lateral[i]], dim=1))
-        x = F.interpolate(x, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)
-        return self.head(x)

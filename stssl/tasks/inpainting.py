@@ -3,7 +3,7 @@ Inpainting", CVPR 2016), on single frames or on clips.
 
 A rectangular hole, the same in every frame of a clip, is filled with a constant (``fill``, mid-grey by default;
 Pathak et al. fill with the mean pixel); the encoder sees the holed clip, a light dense decoder over its feature
-pyramid (:class:`~stssl.tasks.image_common.PyramidDecoder`, sigmoid output) predicts every pixel, and the loss is
+pyramid (:class:`~stssl.heads.dense.PyramidDecoder`, sigmoid output) predicts every pixel, and the loss is
 the mean squared error over the hole (``region="center"``: the central ``hole_frac`` of each side, Pathak et al.'s
 central region; ``region="random"``: a rectangle of that size at a random place per sample). Pathak et al. also
 score a thin band of visible context around the hole (their "overlap", 4 px at 10x weight) so the prediction
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
+from stssl.heads.dense import PyramidDecoder
 from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.image_common import (
-    PyramidDecoder,
     begin_forward,
     check_choice,
     check_clip_len1,
@@ -154,7 +154,7 @@ class InpaintingTask(PretextTask):
         context_weight: weight of the extra term on visible pixels near the hole (0: off).
         overlap: width in pixels of that band around the hole; ``None`` uses every visible pixel.
         context_norm: ``"l1"`` or ``"l2"`` for the context term.
-        decoder_channels: :class:`~stssl.tasks.image_common.PyramidDecoder` widths; ``None`` halves the encoder's.
+        decoder_channels: :class:`~stssl.heads.dense.PyramidDecoder` widths; ``None`` halves the encoder's.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
     Expects ``batch["video"]`` in ``[0, 1]``. Logs ``loss``, ``hole_mse`` and ``hole_psnr`` of the prediction in the

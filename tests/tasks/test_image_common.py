@@ -7,9 +7,9 @@ import torch
 
 from stssl.encoders.frame2d import resnet18_2d_tiny
 from stssl.encoders.resnet3d import r3d_tiny
+from stssl.heads.dense import PyramidDecoder
 from stssl.tasks.image_common import (
     PatchAppearance,
-    PyramidDecoder,
     begin_forward,
     channel_shifts,
     crop_regions,
