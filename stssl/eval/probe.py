@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -353,7 +354,11 @@ def linear_probe(
 
 
 def load_encoder_from_checkpoint(
-    path: str | Path, *, encoder: Encoder | None = None, map_location: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    map_location: str | torch.device = "cpu",
+    random_init: bool = False,
 ) -> Encoder:
     """The encoder of an ``stssl-train`` (:class:`~stssl.modules.SSLModule`) checkpoint, with its trained weights.
 
@@ -365,6 +370,8 @@ def load_encoder_from_checkpoint(
         path: a Lightning ``.ckpt`` file.
         encoder: an encoder of the trained architecture to load into (for checkpoints without a saved config).
         map_location: where the weights are loaded.
+        random_init: return the checkpoint's architecture freshly initialised, without its weights (the
+            scratch baseline of an evaluation); the weights are still checked to fit it.
 
     Raises:
         FileNotFoundError: when ``path`` is not a file.
@@ -382,8 +389,9 @@ def load_encoder_from_checkpoint(
             f"{path}: no 'encoder.*' weights in the checkpoint's state_dict (found {len(state)} keys, e.g. "
             f"{list(state)[:3]}); expected an stssl-train (SSLModule) checkpoint"
         )
+    config = (ckpt.get("hyper_parameters") or {}).get("encoder")
+    fresh = None if encoder is None else copy.deepcopy(encoder)  # its initial weights, for random_init
     if encoder is None:
-        config = (ckpt.get("hyper_parameters") or {}).get("encoder")
         encoder = _encoder_from_config(config, path)
     hint = "build the encoder the checkpoint was trained with"
     try:
@@ -395,6 +403,8 @@ def load_encoder_from_checkpoint(
             f"{path}: the encoder weights do not fit {type(encoder).__name__}: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}; {hint}"
         )
+    if random_init:  # the weights fit: now the same architecture, freshly initialised
+        encoder = fresh if fresh is not None else _encoder_from_config(config, path)
     return encoder.to(map_location)
 
 

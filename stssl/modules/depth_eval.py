@@ -36,7 +36,7 @@ from stssl.eval.depth_pose import (
 )
 from stssl.modules.callbacks import run_dir
 
-__all__ = ["DepthPoseEvaluator", "find_task", "predict_video"]
+__all__ = ["DepthPoseEvaluator", "depth_pose_predictors", "find_task", "load_ssl_module", "predict_video"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def find_task(module: torch.nn.Module, task_name: str) -> Any:
     raise KeyError(f"no task named {task_name!r} in the module; its tasks are {names}")
 
 
-def _predictors(module: torch.nn.Module, task: Any) -> tuple[DepthFn, PoseFn]:
+def depth_pose_predictors(module: torch.nn.Module, task: Any) -> tuple[DepthFn, PoseFn]:
+    """The depth and pose functions :func:`~stssl.eval.depth_pose.evaluate_scene` takes, from a module's task."""
     encoder = module.encoder
 
     def depth_fn(images: torch.Tensor) -> torch.Tensor:
@@ -194,7 +195,7 @@ class DepthPoseEvaluator(L.Callback):
         task = find_task(pl_module, self.task_name)
         min_depth = self.min_depth if self.min_depth is not None else float(task.min_depth)
         max_depth = self.max_depth if self.max_depth is not None else float(task.max_depth)
-        depth_fn, pose_fn = _predictors(pl_module, task)
+        depth_fn, pose_fn = depth_pose_predictors(pl_module, task)
         size = self._size(trainer)
         results = []
         self.last_results = {}
@@ -256,19 +257,20 @@ class DepthPoseEvaluator(L.Callback):
 
 
 # ----------------------------------------------------------------------------------------------- inference
-def _load_module(ckpt_or_module: str | Path | L.LightningModule, device: torch.device) -> L.LightningModule:
+def load_ssl_module(ckpt_or_module: str | Path | L.LightningModule, device: torch.device) -> L.LightningModule:
+    """An :class:`~stssl.modules.SSLModule` rebuilt from an ``stssl-train`` checkpoint (a module passes through)."""
     if isinstance(ckpt_or_module, torch.nn.Module):
         return ckpt_or_module
     path = Path(ckpt_or_module)
     if not path.is_file():
-        raise FileNotFoundError(f"predict_video: checkpoint {path} not found")
+        raise FileNotFoundError(f"checkpoint {path} not found")
     from stssl.modules.ssl import SSLModule
 
     try:
         return SSLModule.load_from_checkpoint(path, map_location=device)
     except TypeError as err:
         raise ValueError(
-            f"predict_video: cannot rebuild the model from {path} ({err}). Checkpoints written by stssl-train "
+            f"cannot rebuild the model from {path} ({err}). Checkpoints written by stssl-train "
             "(LightningCLI) store the encoder and tasks; for others build the SSLModule, load the checkpoint's "
             "state_dict and pass the module instead"
         ) from err
@@ -324,7 +326,7 @@ def predict_video(
     from stssl.worlds.scene_io import POSES_FILE, write_calib
 
     dev = torch.device(device) if device is not None else None
-    module = _load_module(ckpt_or_module, dev or torch.device("cpu"))
+    module = load_ssl_module(ckpt_or_module, dev or torch.device("cpu"))
     if dev is None:
         dev = next(module.parameters()).device
     else:
@@ -339,7 +341,7 @@ def predict_video(
     if K_arr is not None and K_arr.shape != (3, 3):
         raise ValueError(f"predict_video: K must be (3, 3), got {K_arr.shape}")
     frames, K_size = load_frames(video_path, size=size, K=K_arr, indices=indices, backend=backend)
-    depth_fn, pose_fn = _predictors(module, task)
+    depth_fn, pose_fn = depth_pose_predictors(module, task)
     with _EvalMode(module):
         depth, b_from_a = predict_sequence(frames, depth_fn, pose_fn if len(indices) > 1 else None,
                                            batch_size=batch_size, device=dev)

@@ -17,7 +17,8 @@ from stssl.modules import SSLModule
 from stssl.tasks import PretextTask
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml"))
+# stssl-train configs; configs/eval/ holds stssl-eval's (tests/eval/test_harness.py)
+CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "eval")
 
 
 class _ParseOnlyCLI(STSSLCLI):
@@ -141,6 +142,15 @@ def test_default_job_fast_dev_run_on_a_small_world(tmp_path: Path) -> None:
     assert {"val/depth/abs_rel", "val/pose/ate"} <= set(evaluated)
     assert evaluated["val/depth/abs_rel"] != metrics["val/depth/abs_rel"]  # another scene, other numbers
     assert list((tmp_path / "eval" / "version_0" / "images").rglob(f"{other.name}_frame*.png"))
+    # stssl-eval scores the checkpoint on that scene folder too (depth + pose protocol)
+    cmd = [sys.executable, "-m", "stssl.eval.cli", "--config", str(ROOT / "configs/eval/depth_pose_world.yaml"),
+           "--checkpoint", str(run / "checkpoints" / "last.ckpt"), f"--protocol.init_args.scenes=[{other}]",
+           f"--output_dir={tmp_path / 'stssl_eval'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    scored = json.loads((tmp_path / "stssl_eval" / "metrics.json").read_text())
+    assert scored["protocol"] == "depth_pose" and scored["scenes"] == [str(other)]
+    assert math.isclose(scored["pretrained"]["depth/abs_rel"], evaluated["val/depth/abs_rel"], rel_tol=1e-3)
     # depth maps and poses for a video, the size read from the checkpoint
     cmd = [sys.executable, str(ROOT / "tools" / "predict_depth.py"), str(run / "checkpoints" / "last.ckpt"),
            str(other / "video.mp4"), "--calib", str(other), "--out", str(tmp_path / "pred"), "--max-frames", "4"]

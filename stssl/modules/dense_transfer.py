@@ -1,0 +1,169 @@
+"""Dense transfer: semantic segmentation with a light pyramid decoder over any stssl encoder.
+
+:class:`SegmentationTransfer` puts :class:`~stssl.heads.dense.PyramidDecoder` (FPN-style: lateral 1x1 convs,
+top-down upsampling and fusion) on the encoder's pyramid and trains it with per-pixel cross-entropy. It segments
+the **last** frame of each clip: every pyramid stage's last time step is decoded, so a video encoder uses the
+frames before the labelled one as context and a per-frame encoder (``clip_len = 1``) segments single frames.
+The encoder is fine-tuned (``freeze_encoder=False``, the label-efficiency protocol) or frozen (evaluation mode,
+no gradients: a probe of the dense features as they are).
+
+Logs ``train/loss``, ``val/loss``, ``val/miou``, ``val/pixel_accuracy`` and ``val/mean_accuracy`` (and ``test/...``);
+:attr:`last_metrics` keeps the last evaluation's :meth:`~stssl.eval.segmentation.SegmentationMeter.compute` (with
+``iou/<class>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from stssl.checks import check_shape
+from stssl.encoders.base import Encoder
+from stssl.eval.segmentation import SegmentationMeter
+from stssl.heads.dense import PyramidDecoder
+
+__all__ = ["SegmentationTransfer"]
+
+
+class SegmentationTransfer(L.LightningModule):
+    """Encoder + :class:`~stssl.heads.dense.PyramidDecoder` segmenting the last frame of each clip.
+
+    Args:
+        encoder: any :class:`~stssl.encoders.Encoder` (pretrained weights loaded, or a random init for scratch).
+        num_classes: ``K`` classes of the masks.
+        class_names: names for the per-class IoU report (default ``class_<i>``).
+        freeze_encoder: keep the encoder fixed (evaluation mode, no gradients) and train only the decoder.
+        lr: AdamW learning rate of the decoder.
+        encoder_lr_scale: the encoder's learning rate is ``lr * encoder_lr_scale`` when fine-tuned.
+        weight_decay: AdamW weight decay.
+        ignore_index: mask value excluded from the loss and the metrics.
+        normalize: ``(mean, std)`` applied to the ``[0, 1]`` frames before the encoder, as in its pretraining
+            (the depth task normalises with ``(0.45, 0.225)``; most pretext tasks feed ``[0, 1]``: ``None``).
+        dec_channels: decoder width per encoder stage (default: half the encoder's channels, at least 8).
+        max_steps: when set, the learning rate decays by a cosine to 0 over this many steps.
+
+    Batches: ``{"video": uint8 or float (B, 3, T, H, W), "mask": int64 (B, H, W)}`` (uint8 is divided by 255).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_classes: int,
+        *,
+        class_names: Sequence[str] | None = None,
+        freeze_encoder: bool = False,
+        lr: float = 1e-3,
+        encoder_lr_scale: float = 1.0,
+        weight_decay: float = 1e-4,
+        ignore_index: int = 255,
+        normalize: tuple[float, float] | None = None,
+        dec_channels: Sequence[int] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"SegmentationTransfer: num_classes must be >= 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"SegmentationTransfer: class_names has {len(class_names)} names for num_classes={num_classes}"
+            )
+        if normalize is not None and (len(normalize) != 2 or float(normalize[1]) <= 0):
+            raise ValueError(f"SegmentationTransfer: normalize must be (mean, std) with std > 0, got {normalize}")
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder
+        self.decoder = PyramidDecoder(encoder.spec.channels, out_channels=num_classes, dec_channels=dec_channels)
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        self.freeze_encoder = bool(freeze_encoder)
+        self.ignore_index = int(ignore_index)
+        self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        self._meters: dict[str, SegmentationMeter] = {}
+        self.last_metrics: dict[str, Any] = {}
+
+    def train(self, mode: bool = True) -> SegmentationTransfer:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # a frozen encoder keeps its BatchNorm statistics
+        return self
+
+    def _input(self, video: torch.Tensor) -> torch.Tensor:
+        check_shape(video, "B 3 T H W", name="SegmentationTransfer video")
+        x = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
+        if self.normalize is not None:
+            x = (x - self.normalize[0]) / self.normalize[1]
+        return x
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, K, H, W)`` class logits of the last frame of each ``(B, 3, T, H, W)`` clip."""
+        x = self._input(video)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            pyramid = self.encoder(x).pyramid
+        last = [p[:, :, -1:] for p in pyramid]  # the labelled frame is the last: decode each stage's last step
+        return self.decoder(last, (1, x.shape[-2], x.shape[-1]))[:, :, 0]
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = batch["mask"]
+        check_shape(mask, "B H W", name="SegmentationTransfer mask")
+        logits = self(batch["video"])
+        if logits.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(
+                f"SegmentationTransfer: mask is {tuple(mask.shape[-2:])} but the frames are {tuple(logits.shape[-2:])}"
+            )
+        loss = F.cross_entropy(logits, mask.long(), ignore_index=self.ignore_index)
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        loss, logits = self._loss(batch)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["mask"]), sync_dist=True)
+        meter = self._meters.get(stage)
+        if meter is None:
+            meter = self._meters[stage] = SegmentationMeter(
+                self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names
+            )
+        meter.update(logits.argmax(dim=1), batch["mask"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_end(self, stage: str) -> None:
+        meter = self._meters.pop(stage, None)
+        if meter is None or meter.confmat is None or self.trainer.sanity_checking:
+            return
+        meter.confmat = self.trainer.strategy.reduce(meter.confmat, reduce_op="sum")  # all ranks' pixels
+        result = meter.compute()
+        for key in ("miou", "pixel_accuracy", "mean_accuracy"):
+            self.log(f"{stage}/{key}", result[key])
+        self.last_metrics = result
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self):  # type: ignore[override]
+        lr, wd = float(self.hparams["lr"]), float(self.hparams["weight_decay"])
+        groups: list[dict[str, Any]] = [{"params": list(self.decoder.parameters()), "lr": lr}]
+        if not self.freeze_encoder:
+            groups.append({"params": list(self.encoder.parameters()), "lr": lr * float(self.hparams["encoder_lr_scale"])})
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+        max_steps = self.hparams["max_steps"]
+        if not max_steps:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+

@@ -1,0 +1,143 @@
+"""stssl-eval: encoder factories from checkpoints, the protocols on a tiny rendered world, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stssl.encoders import build_encoder
+from stssl.eval.cli import _factories, build_parser, eval_main, run_eval
+from stssl.eval.protocols import (
+    DepthPoseProtocol,
+    PropagationProtocol,
+    SegmentationProtocol,
+    WorldSplit,
+    dense_frame_features,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _fake_checkpoint(path: Path, name: str = "resnet18_2d_tiny") -> dict[str, torch.Tensor]:
+    """A checkpoint holding only trained-looking encoder weights (no saved config: the architecture is named)."""
+    torch.manual_seed(123)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in build_encoder(name).state_dict().items()}
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in state.items()}}, path)
+    return state
+
+
+def test_factories_give_fresh_pretrained_and_scratch_encoders(tmp_path: Path) -> None:
+    saved = _fake_checkpoint(tmp_path / "enc.ckpt")
+    made = _factories(str(tmp_path / "enc.ckpt"), "resnet18_2d_tiny", {}, baseline=True, seed=0)
+    assert set(made) == {"pretrained", "scratch"}
+    a, b = made["pretrained"](), made["pretrained"]()
+    assert a is not b  # a fresh copy per call: fine-tuning one does not touch the next
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+    scratch = made["scratch"]().state_dict()
+    assert any(not torch.equal(scratch[k], saved[k]) for k in saved if saved[k].is_floating_point())
+    # the scratch init is the seed's, the same on every call and every run
+    again = _factories(None, "resnet18_2d_tiny", {}, baseline=True, seed=0)
+    assert set(again) == {"scratch"}
+    for key, value in again["scratch"]().state_dict().items():
+        torch.testing.assert_close(value, scratch[key])
+
+
+def test_run_eval_needs_an_encoder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--checkpoint"):
+        run_eval(SegmentationProtocol(), output_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        run_eval(SegmentationProtocol(), checkpoint=str(tmp_path / "missing.ckpt"), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        run_eval(DepthPoseProtocol(), encoder_name="r3d_tiny", output_dir=tmp_path)
+
+
+def _tiny_split(root: Path, **kwargs: object) -> WorldSplit:
+    return WorldSplit("driving", train_seeds=[0], test_seeds=[5], frames=6, height=32, width=96, root=str(root),
+                      **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_segmentation_protocol_writes_the_label_efficiency_curve(tmp_path: Path) -> None:
+    _fake_checkpoint(tmp_path / "enc.ckpt")
+    protocol = SegmentationProtocol(_tiny_split(tmp_path / "worlds"), size=(32, 96), label_fractions=[1.0, 0.5],
+                                    max_steps=2, batch_size=2)
+    out = run_eval(protocol, checkpoint=str(tmp_path / "enc.ckpt"), encoder_name="resnet18_2d_tiny",
+                   output_dir=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["protocol"] == "segmentation"
+    assert (tmp_path / "run" / "label_efficiency.png").is_file()
+    assert out["label_fractions"] == [0.5, 1.0] and out["test_frames"] == 6
+    for name in ("pretrained", "scratch"):
+        assert set(out[name]) == {"0.5", "1.0"}
+        assert [out[name][f]["labelled_frames"] for f in ("0.5", "1.0")] == [3, 6]
+        assert 0.0 <= out[name]["1.0"]["miou"] <= 1.0 and "iou/road" in out[name]["1.0"]
+    # different initial weights, different results
+    assert out["pretrained"]["1.0"]["miou"] != out["scratch"]["1.0"]["miou"]
+
+
+def test_dense_frame_features_are_causal_per_frame() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder("r3d_tiny", width=4).eval()
+    video = torch.rand(3, 5, 32, 32)
+    feats = dense_frame_features(encoder, video, context=2, batch_size=2)
+    stage = [s[1] for s in encoder.spec.strides].index(8)  # by default the stage of spatial stride 8
+    assert feats.shape == (5, encoder.spec.channels[stage], 4, 4)
+    changed = video.clone()
+    changed[:, 4] = torch.rand(3, 32, 32)
+    assert torch.allclose(dense_frame_features(encoder, changed, context=2)[:4], feats[:4])  # the past is unchanged
+    with pytest.raises(ValueError, match="stage"):
+        dense_frame_features(encoder, video, stage=9)
+
+
+@pytest.mark.slow
+def test_cli_runs_the_propagation_config(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "configs/eval/propagation_world.yaml").read_text())
+    config["protocol"]["init_args"]["split"]["init_args"].update(
+        frames=6, height=32, width=96, root=str(tmp_path / "worlds"), test_seeds=[5])
+    config["protocol"]["init_args"].update(size=[32, 96], max_frames=4)
+    config["output_dir"] = str(tmp_path / "run")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    eval_main(["--config", str(tmp_path / "cfg.yaml"), "--encoder.name", "resnet18_2d_tiny"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["protocol"] == "propagation" and set(metrics["scratch"]) == {"J", "F", "JF"}
+    assert 0.0 < metrics["scratch"]["J"] <= 1.0
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_propagation_of_the_ground_truth_itself_is_perfect(tmp_path: Path) -> None:
+    """An 'encoder' whose features are the one-hot ground-truth classes propagates the labels exactly."""
+    from stssl.data.labelled import SemanticClips
+    from stssl.encoders.base import Encoder
+    from stssl.types import EncoderSpec
+
+    split = _tiny_split(tmp_path / "worlds")
+    data = SemanticClips(split.scenes("test"), size=(32, 96))
+    lookup = {tuple(data.videos[0][t].flatten().tolist()): t for t in range(data.videos[0].shape[0])}
+
+    class Oracle(Encoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spec = EncoderSpec(channels=(7,), strides=((1, 1, 1),))
+
+        def forward_features(self, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            frames = (video[:, :, -1] * 255).round().to(torch.uint8)
+            masks = torch.stack([data.masks[0][lookup[tuple(f.flatten().tolist())]] for f in frames])
+            onehot = torch.nn.functional.one_hot(masks, 7).permute(0, 3, 1, 2).float()
+            return (onehot[:, :, None],)
+
+    protocol = PropagationProtocol(split, size=(32, 96), max_frames=6, radius=100.0, topk=5)
+    result = protocol.run({"oracle": Oracle}, tmp_path)
+    assert result["oracle"]["J"] == pytest.approx(1.0) and result["oracle"]["F"] == pytest.approx(1.0)
+
+
+def test_eval_configs_parse() -> None:
+    parser = build_parser()
+    for path in sorted((ROOT / "configs" / "eval").glob("*.yaml")):
+        cfg = parser.parse_args(["--config", str(path), "--encoder.name", "r3d_tiny"])
+        init = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg)
+        assert init.protocol.name in {"probe", "segmentation", "propagation", "depth_pose"}, path
