@@ -45,6 +45,11 @@ def check_batch(batch: dict, requires: TaskRequirements, *, what: str = "batch")
         raise ValueError(f"{what}: the tasks need intrinsics 'K' (B, 3, 3) but the data has none; use sources with calibration")
     if requires.labels and "label" not in batch:
         raise ValueError(f"{what}: the tasks need 'label' but the data has none")
+    if requires.index and "index" not in batch:
+        raise ValueError(
+            f"{what}: the tasks keep a memory per dataset item and need 'index' (B,) but the data has none; "
+            "use stssl.data.ClipDataset (or add each clip's item index)"
+        )
 
 
 class SSLModule(L.LightningModule):

@@ -28,11 +28,14 @@ class TaskRequirements:
         min_frames: the fewest frames ``batch["video"]`` must have (``T``).
         intrinsics: whether ``batch["K"]`` must be present.
         labels: whether ``batch["label"]`` must be present.
+        index: whether ``batch["index"]`` (each clip's dataset item, ``(B,)`` int64) must be present: tasks with a
+            per-item memory (PIRL's bank, DeepCluster's features). :class:`~stssl.data.ClipDataset` provides it.
     """
 
     min_frames: int = 1
     intrinsics: bool = False
     labels: bool = False
+    index: bool = False
 
 
 def merge_requirements(reqs: list[TaskRequirements]) -> TaskRequirements:
@@ -41,6 +44,7 @@ def merge_requirements(reqs: list[TaskRequirements]) -> TaskRequirements:
         min_frames=max((r.min_frames for r in reqs), default=1),
         intrinsics=any(r.intrinsics for r in reqs),
         labels=any(r.labels for r in reqs),
+        index=any(r.index for r in reqs),
     )
 
 

@@ -8,22 +8,30 @@ Each task draws its labels with its own ``make_<task>_batch``; what they have in
   :func:`gather_frames`;
 - features: :func:`pool_cells` (dense map to one flat feature, keeping a coarse grid of cells),
   :func:`pooled_dim`, :func:`encode_frames` (frames encoded one by one);
-- heads: :func:`relu_layer`, :func:`dropout_linear`, :func:`mlp_head`, :func:`pair_relations`;
-- the output: :func:`classification_output` (cross-entropy loss and top-1 accuracy logs).
+- heads: :func:`relu_layer`, :func:`dropout_linear`, :func:`mlp_head`, :func:`projection_mlp`,
+  :func:`pair_relations`; :func:`stage_index` (which pyramid stage a head reads);
+- memories indexed by dataset item: :func:`memory_index`;
+- the output: :func:`classification_output` (cross-entropy loss and top-1 accuracy logs);
+- monitors: :func:`embedding_std` / :func:`log_embedding_std` (collapse), :func:`cluster_occupancy` (clusters in
+  use), :func:`cross_view_agreement`.
+
+The view-based tasks (contrastive, distillation, clustering, dense) share these too.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
-from stssl.types import TaskOutput
+from stssl.types import EncoderSpec, TaskOutput
 
 __all__ = [
     "PairFusion",
@@ -31,17 +39,24 @@ __all__ = [
     "check_ordered_draw",
     "check_pool_grid",
     "classification_output",
+    "cluster_occupancy",
+    "cross_view_agreement",
     "dropout_linear",
+    "embedding_std",
     "encode_frames",
     "gather_frames",
+    "log_embedding_std",
+    "memory_index",
     "mlp_head",
     "order_permutations",
     "ordered_min_frames",
     "pair_relations",
     "pool_cells",
     "pooled_dim",
+    "projection_mlp",
     "relu_layer",
     "sample_ordered_frames",
+    "stage_index",
 ]
 
 PairFusion = Literal["diff", "concat"]
@@ -304,6 +319,68 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0) -> nn
     return nn.Sequential(*relu_layer(in_dim, hidden), *dropout_linear(hidden, out_dim, dropout))
 
 
+def projection_mlp(
+    in_dim: int,
+    hidden: int,
+    out_dim: int,
+    num_layers: int = 2,
+    batch_norm: bool = True,
+    last_batch_norm: bool = False,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """Projector MLP: ``num_layers - 1`` times ``Linear -> [BatchNorm1d] -> activation``, then ``Linear``.
+
+    SimCLR/BYOL/MoCo projectors and predictors (``batch_norm=True``), DINO's head MLP (``activation=nn.GELU``),
+    per-node / per-cell heads of the dense tasks (``batch_norm=False``, on the last axis of any shape). Linear
+    layers followed by BatchNorm have no bias (the norm would cancel it). ``last_batch_norm`` adds an affine-free
+    ``BatchNorm1d`` at the end (MoCo v3, SimCLR v2). ``num_layers=1`` is a single ``Linear``.
+
+    Shape:
+        ``(..., in_dim) -> (..., out_dim)``; with batch norm, ``(N, in_dim)`` and, in training, ``N >= 2``.
+
+    Example:
+        >>> head = projection_mlp(8, 16, 4)
+        >>> tuple(head(torch.rand(3, 8)).shape), len(head)
+        ((3, 4), 4)
+        >>> [type(m).__name__ for m in projection_mlp(8, 16, 4, batch_norm=False, activation=nn.GELU)]
+        ['Linear', 'GELU', 'Linear']
+    """
+    if min(in_dim, hidden, out_dim, num_layers) < 1:
+        raise ValueError(
+            f"projection_mlp: in_dim, hidden, out_dim and num_layers must be >= 1, got {in_dim}, {hidden}, "
+            f"{out_dim}, {num_layers}"
+        )
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers.append(nn.Linear(dim, hidden, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append(activation())
+        dim = hidden
+    layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm))
+    if last_batch_norm:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def stage_index(owner: str, spec: EncoderSpec, stage: int) -> int:
+    """Resolve a (possibly negative) pyramid stage index against an encoder spec; return it in ``[0, n)``.
+
+    Raises:
+        ValueError: naming ``owner``, the stage and how many stages the encoder has.
+
+    Example:
+        >>> spec = EncoderSpec(channels=(4, 8), strides=((1, 2, 2), (1, 4, 4)))
+        >>> stage_index("MyTask", spec, -1)
+        1
+    """
+    n = len(spec.channels)
+    if not -n <= stage < n:
+        raise ValueError(f"{owner}: feature_stage={stage} is out of range for an encoder with {n} pyramid stages")
+    return stage % n
+
+
 def pair_relations(
     feats: torch.Tensor, pairs: list[tuple[int, int]], pair_head: nn.Module, fusion: PairFusion = "concat"
 ) -> torch.Tensor:
@@ -354,3 +431,116 @@ def classification_output(logits: torch.Tensor, label: torch.Tensor) -> TaskOutp
     loss = nn.functional.cross_entropy(logits, label)
     acc = (logits.argmax(dim=1) == label).float().mean()
     return TaskOutput(loss=loss, logs={"loss": loss.detach(), "acc": acc.detach()})
+
+
+# ---------------------------------------------------------------------------------------------- memories
+
+
+def memory_index(owner: str, batch: dict, memory_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """``batch["index"]`` (the dataset item of each clip), checked against a memory of ``memory_size`` rows.
+
+    Returns:
+        ``(B,)`` int64 on ``device`` (``None``: where it is).
+
+    Raises:
+        ValueError: naming ``owner`` when the batch has no ``"index"``, it is not a ``(B,)`` integer tensor, or a
+            value lies outside ``[0, memory_size)``.
+
+    Example:
+        >>> memory_index("MyTask", {"index": torch.tensor([3, 12])}, 10)
+        Traceback (most recent call last):
+        ...
+        ValueError: MyTask: batch['index'] has values in [3, 12] but memory_size=10; set memory_size >= the number of training items
+    """
+    if "index" not in batch:
+        raise ValueError(f"{owner}: the batch has no 'index' (the dataset item of each clip)")
+    index = batch["index"] if device is None else batch["index"].to(device)
+    if index.dim() != 1 or index.dtype.is_floating_point:
+        raise ValueError(f"{owner}: batch['index'] must be a (B,) integer tensor, got {index.dtype} {tuple(index.shape)}")
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= memory_size:
+        raise ValueError(
+            f"{owner}: batch['index'] has values in [{low}, {high}] but memory_size={memory_size}; set memory_size "
+            ">= the number of training items"
+        )
+    return index.long()
+
+
+# ---------------------------------------------------------------------------------------------- monitors
+
+
+@torch.no_grad()
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor: std across samples of the L2-normalised embeddings, averaged over dimensions.
+
+    Rows are the second-to-last axis ``N`` (the samples, usually the batch); any leading axes are groups (views,
+    time steps) whose values are averaged: ``normalize(z).std(dim=-2).mean()``. Put the batch axis second to last
+    (``rearrange(z, "B n D -> n B D")``), or flatten everything into it (``"... D -> (...) D"``) to count every
+    vector as a sample. About ``1 / sqrt(D)`` for embeddings spread over the sphere, 0 for a collapsed encoder
+    (every sample the same).
+
+    Args:
+        z: ``(..., N, D)`` with ``N >= 2``.
+
+    Returns:
+        Scalar, detached, float32.
+
+    Example:
+        >>> float(embedding_std(torch.ones(4, 3)))
+        0.0
+        >>> round(float(embedding_std(torch.eye(4))), 3)  # one-hot rows: std of (1, 0, 0, 0) per dimension
+        0.5
+        >>> float(embedding_std(torch.stack([torch.eye(4), torch.ones(4, 4)])))  # two groups: (0.5 + 0) / 2
+        0.25
+    """
+    if z.dim() < 2 or z.shape[-2] < 2:
+        raise ValueError(f"embedding_std: needs at least 2 samples on the second-to-last axis, got z of shape "
+                         f"{tuple(z.shape)}")
+    return F.normalize(z.detach().float(), dim=-1).std(dim=-2).mean()
+
+
+def log_embedding_std(logs: dict[str, torch.Tensor], key: str, z: torch.Tensor) -> None:
+    """Add ``logs[key] =`` :func:`embedding_std` ``(z)`` when ``z`` ``(..., N, D)`` has ``N >= 2`` samples.
+
+    Example:
+        >>> logs: dict = {}
+        >>> log_embedding_std(logs, "std", torch.ones(1, 8)); log_embedding_std(logs, "z_std", torch.eye(4))
+        >>> {k: round(float(v), 3) for k, v in logs.items()}
+        {'z_std': 0.5}
+    """
+    if z.dim() >= 2 and z.shape[-2] > 1:
+        logs[key] = embedding_std(z)
+
+
+@torch.no_grad()
+def cluster_occupancy(assignments: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """The clustering collapse monitor: ``clusters_used`` (non-empty clusters, float) and ``max_cluster_frac`` (the
+    largest cluster's share) of integer assignments in ``[0, k)``, any shape.
+
+    Example:
+        >>> logs = cluster_occupancy(torch.tensor([0, 0, 0, 2]), 4)
+        >>> int(logs["clusters_used"]), float(logs["max_cluster_frac"])
+        (2, 0.75)
+    """
+    counts = torch.bincount(assignments.flatten().long(), minlength=k).float()
+    total = counts.sum().clamp(min=1.0)
+    return {"clusters_used": (counts > 0).sum().float(), "max_cluster_frac": counts.max() / total}
+
+
+@torch.no_grad()
+def cross_view_agreement(targets: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:
+    """How often a view's prediction equals another view's target: the mean over ``i != j`` of
+    ``(targets[i] == preds[j]).mean()``.
+
+    Args:
+        targets: ``(Vt, B)`` integer labels per view (codes, teacher top prototypes).
+        preds: ``(Vs, B)`` integer predictions per view; view ``j < Vt`` is the same view as ``targets[j]``.
+
+    Example:
+        >>> cross_view_agreement(torch.tensor([[0, 1], [0, 2]]), torch.tensor([[0, 1], [0, 1], [3, 3]])).item()  # (1 + 0 + 0.5 + 0) / 4
+        0.375
+    """
+    sizes = check_shape(targets, "Vt B", name="cross_view_agreement: targets")
+    check_shape(preds, "Vs B", sizes, name="cross_view_agreement: preds")
+    pairs = [(i, j) for i in range(targets.shape[0]) for j in range(preds.shape[0]) if i != j]
+    return torch.stack([(targets[i] == preds[j]).float().mean() for i, j in pairs]).mean()

@@ -59,6 +59,9 @@ POSE_NETS: dict[str, Callable[[], PoseNet]] = {"posenet_tiny": posenet_tiny, "po
 #: Named decoder widths for ``DepthMotionTask(decoder_channels=...)``.
 DECODER_PRESETS: dict[str, tuple[int, ...]] = {"monodepth2": (16, 32, 64, 128, 256), "tiny": TINY_DEC_CHANNELS}
 
+#: Sign changes of a pose vector ``(rx, ry, rz, tx, ty, tz)`` under the mirror ``X -> -X`` (``S T S``).
+MIRROR_POSE_SIGNS = torch.tensor([1.0, -1.0, -1.0, -1.0, 1.0, 1.0])
+
 #: Initial focal length of learned intrinsics, as a fraction of the image width (about 71 degrees of view).
 FOCAL_INIT = 0.7
 
@@ -241,6 +244,11 @@ class DepthMotionTask(PretextTask):
             (about 0.05 for driving at 10 fps), the depth first shrinks to ``min_depth`` and its sigmoid saturates
             (logs: ``depth`` at ``min_depth``, ``smooth`` near 0). Raising this (e.g. 5 for short CPU runs) starts
             from a balanced ratio. It rescales the pose network's output unit, nothing else.
+        mirror_pose: make the pose estimate mirror-equivariant by construction: average the pose network's
+            output for the pair with the mirrored output for the horizontally flipped pair (a flipped video is the
+            video of the mirrored world ``X -> -X``, whose camera motion is ``S T S``, ``S = diag(-1, 1, 1)``:
+            ``tx``, ``ry`` and ``rz`` change sign). An input-independent pose then cannot move sideways or yaw,
+            which removes the sideways-motion solution short runs can fall into. Costs a second pose-net pass.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
     Batch: ``video`` ``(B, 3, T, H, W)`` in ``[0, 1]`` with ``T == len(frame_offsets)``; ``K`` ``(B, 3, 3)`` at
@@ -283,6 +291,7 @@ class DepthMotionTask(PretextTask):
         mask_moving: float = 0.0,
         normalize: tuple[float, float] | None = (0.45, 0.225),
         translation_scale: float = 1.0,
+        mirror_pose: bool = False,
         weight: float = 1.0,
         name: str | None = None,
         seed: int = 0,
@@ -341,6 +350,7 @@ class DepthMotionTask(PretextTask):
         if translation_scale <= 0:
             raise ValueError(f"{cls}: translation_scale must be > 0, got {translation_scale}")
         self.translation_scale = float(translation_scale)
+        self.mirror_pose = bool(mirror_pose)
         self.pose_net_name = pose_net
         self.pose_net = POSE_NETS[pose_net]()
         pose_dim = self.pose_net.encoder.spec.dim
@@ -389,9 +399,13 @@ class DepthMotionTask(PretextTask):
         """``b_from_a`` pose vectors ``(N, 6)`` and the pose encoder's pooled features ``(N, D)``.
 
         ``self.pose_net`` on the normalised images with the translation times ``translation_scale``, and the
-        features kept for the intrinsics and brightness heads.
+        features kept for the intrinsics and brightness heads; with ``mirror_pose`` the mean of the pair's vector
+        and the mirrored vector of the flipped pair (the heads keep the unflipped pair's features).
         """
         vec, features = self.pose_net.forward_with_features(self._norm(image_a), self._norm(image_b))
+        if self.mirror_pose:
+            flipped = self.pose_net(self._norm(image_a).flip(-1), self._norm(image_b).flip(-1))
+            vec = 0.5 * (vec + flipped * MIRROR_POSE_SIGNS.to(vec))
         if self.translation_scale != 1.0:
             vec = torch.cat([vec[:, :3], self.translation_scale * vec[:, 3:]], dim=1)
         return vec, features

@@ -165,9 +165,13 @@ class EMATarget(nn.Module):
     def ensure(self, online: nn.Module) -> nn.Module:
         """Return the copy, making it from ``online`` first if there is none (or from a loaded checkpoint's state).
 
-        Making the copy is not an update: :attr:`ema_updates` is unchanged.
+        Making the copy is not an update: :attr:`ema_updates` is unchanged. The copy's train/eval mode is set to
+        this module's on every call: a copy made during Lightning's sanity-check validation (eval mode) is not
+        among the modules whose mode Lightning restores when training starts, so it would stay in eval mode.
         """
         if self.module is not None:
+            if self.module.training != self.training:
+                self.module.train(self.training)
             return self.module
         with torch.inference_mode(False), torch.no_grad():
             target = copy.deepcopy(online)

@@ -36,6 +36,9 @@ def test_check_batch_names_what_is_missing() -> None:
     with pytest.raises(ValueError, match="need intrinsics 'K'"):
         check_batch({"video": video}, TaskRequirements(intrinsics=True))
     check_batch({"video": video, "K": torch.eye(3).expand(2, 3, 3)}, TaskRequirements(min_frames=4, intrinsics=True))
+    with pytest.raises(ValueError, match="need 'index'"):
+        check_batch({"video": video}, TaskRequirements(index=True))
+    check_batch({"video": video, "index": torch.arange(2)}, TaskRequirements(index=True))
 
 
 def test_task_names_must_be_unique() -> None:

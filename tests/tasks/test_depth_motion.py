@@ -194,7 +194,8 @@ def test_requires_follows_frame_offsets_and_intrinsics() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"learn_intrinsics": True, "brightness": True, "mask_moving": 0.1, "ssim_window": "gaussian"}],
+    [{}, {"learn_intrinsics": True, "brightness": True, "mask_moving": 0.1, "ssim_window": "gaussian",
+          "mirror_pose": True}],
     ids=["default", "all_options"],
 )
 def test_finite_loss_and_every_parameter_gets_a_gradient(kwargs: dict) -> None:
@@ -240,6 +241,25 @@ def test_pose_features_path_equals_the_pose_network() -> None:
         pose = task.predict_pose(a, b)
     torch.testing.assert_close(pose, pose_vec_to_matrix(vec))
     assert pose.shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_mirror_pose_is_mirror_equivariant(mirror: bool) -> None:
+    """With mirror_pose, the flipped pair's pose is the mirrored pose (S T S, S = diag(-1, 1, 1)) exactly."""
+    task, _ = _task_and_encoder(mirror_pose=mirror)
+    task.eval()
+    a, b = torch.rand(2, 3, H, W), torch.rand(2, 3, H, W)
+    S = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    with torch.no_grad():
+        pose, pose_flipped = task.predict_pose(a, b), task.predict_pose(a.flip(-1), b.flip(-1))
+    equivariant = torch.allclose(pose_flipped, S @ pose @ S, atol=1e-6)
+    assert equivariant == mirror  # a plain pose network is not equivariant
+    if mirror:  # so an input-independent (mirror-symmetric) pair cannot move sideways or yaw
+        c = torch.rand(1, 3, H, W)
+        c = 0.5 * (c + c.flip(-1))
+        with torch.no_grad():
+            vec, _ = task._pose(c, c)
+        assert vec[0, [1, 2, 3]].abs().max() < 1e-6
 
 
 def test_predict_depth_matches_the_training_path_and_range() -> None:

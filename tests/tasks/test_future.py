@@ -286,6 +286,18 @@ def test_copy_made_under_inference_mode_stays_updatable(tiny_video) -> None:
     assert int(task.ema_updates) == 1
 
 
+def test_ema_copy_follows_the_mode_of_its_owner_even_when_made_in_eval() -> None:
+    """Lightning restores the modes of the modules it saw before the sanity check, one by one (no recursion): a copy
+    made during that check must not stay in eval mode when its owner trains."""
+    from stssl.tasks.ema import EMATarget
+
+    ema = EMATarget(momentum=0.9).eval()
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert not ema.ensure(online).training
+    ema.training = True  # what Lightning's mode restore does to the modules it captured
+    assert ema.ensure(online).training and ema.ensure(online)[1].training
+
+
 def test_checkpoint_loaded_before_the_first_forward_restores_the_ema_copy(tiny_video) -> None:
     enc, task = _feature_task()
     task({"video": tiny_video}, enc)

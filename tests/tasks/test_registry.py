@@ -27,6 +27,8 @@ def test_every_task_gives_finite_loss_and_gradients(name: str) -> None:
         batch["K"] = K.expand(B, 3, 3).clone()
     if req.labels:
         batch["label"] = torch.zeros(B, dtype=torch.long)
+    if req.index:
+        batch["index"] = torch.arange(B)
     out = task(batch, enc, generator=torch.Generator().manual_seed(0))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert all(torch.isfinite(v).all() for v in out.logs.values())
