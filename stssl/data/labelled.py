@@ -1,5 +1,6 @@
 """Labelled clips for dense transfer: each item is a clip ending at a labelled frame, with that frame's mask.
 
+:class:`CityscapesClips` serves a Cityscapes-style tree the same way (read per item: the set does not fit memory).
 :class:`SemanticClips` serves scene folders (:mod:`stssl.worlds.scene_io`: ``video.mp4`` + ``semantic.npz``) for
 segmentation transfer, per frame (``clip_len=1``) or per clip (the ``clip_len - 1`` frames before the labelled one
 give temporal context, as a video encoder sees them). :func:`select_labelled` picks which frames count as labelled
@@ -19,7 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["SemanticClips", "select_labelled"]
+__all__ = ["CityscapesClips", "SemanticClips", "load_scene_frames", "select_labelled"]
+
+
+def load_scene_frames(
+    scene: str | Path, size: tuple[int, int] | None = None, backend: str = "auto"
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """All frames of a scene folder (``video.mp4``, else ``frames/``), resized: uint8 ``(T, 3, H, W)`` and the
+    native ``(H0, W0)`` (to scale annotations made at it)."""
+    from stssl.data.readers import open_video
+    from stssl.transforms.functional import resize_clip
+
+    scene = Path(scene)
+    path = scene / "video.mp4" if (scene / "video.mp4").exists() else scene / "frames"
+    with open_video(path, backend=backend) as reader:
+        video = reader.read(list(range(len(reader)))).permute(3, 0, 1, 2)  # (3, T, H0, W0)
+    native = (int(video.shape[-2]), int(video.shape[-1]))
+    if size is not None and tuple(size) != native:
+        video, _ = resize_clip(video, (int(size[0]), int(size[1])))
+    return video.permute(1, 0, 2, 3).contiguous(), native
 
 
 def select_labelled(counts: Sequence[int], fraction: float, *, seed: int = 0) -> list[tuple[int, int]]:
@@ -93,7 +112,6 @@ class SemanticClips(Dataset):
         frames: Sequence[int] | None = None,
         backend: str = "auto",
     ) -> None:
-        from stssl.eval.depth_pose import load_frames
         from stssl.worlds.scene_io import read_semantic
 
         if clip_len < 1 or frame_stride < 1:
@@ -116,8 +134,7 @@ class SemanticClips(Dataset):
                     f"SemanticClips: {scene}/classes.json lists {classes}, but {self.scenes[0]} lists {self.classes}; "
                     "all scenes of one evaluation must share the class list"
                 )
-            video_path = scene / "video.mp4" if (scene / "video.mp4").exists() else scene / "frames"
-            video, _ = load_frames(video_path, size=size, backend=backend)
+            video, _ = load_scene_frames(scene, size, backend)
             mask = torch.from_numpy(np.asarray(semantic, dtype=np.int64))
             if mask.shape[0] != video.shape[0]:
                 raise ValueError(
@@ -162,3 +179,72 @@ class SemanticClips(Dataset):
             f"SemanticClips({len(self.scenes)} scenes, {len(self)} labelled frames, fraction={self.label_fraction}, "
             f"clip_len={self.clip_len}, stride={self.frame_stride}, classes={self.classes})"
         )
+
+
+class CityscapesClips(Dataset):
+    """Cityscapes-style semantic segmentation items in :class:`SemanticClips`' format, read per item.
+
+    ``clip_len = 1`` serves the annotated images (``leftImg8bit``); a longer clip takes the frames before each
+    annotated one from ``leftImg8bit_sequence`` (:func:`~stssl.data.eval_sets.cityscapes_clip_paths`). Labels are
+    the 19 train ids, 255 = ignore (:data:`~stssl.data.eval_sets.CITYSCAPES_CLASSES`).
+
+    Args:
+        root: the tree's root (``leftImg8bit/<split>/<city>/*_leftImg8bit.png``, ``gtFine/...``).
+        split: ``"train"``, ``"val"``, ...
+        clip_len / frame_stride: frames per clip (the annotated frame last) and their spacing.
+        size: served ``(H, W)`` (frames bilinear with antialiasing, labels nearest); ``None`` keeps the native size.
+        label_fraction / seed: which annotated images count as labelled (:func:`select_labelled`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        clip_len: int = 1,
+        frame_stride: int = 1,
+        size: tuple[int, int] | None = None,
+        label_fraction: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        from stssl.data.eval_sets import CITYSCAPES_CLASSES, cityscapes_items
+
+        if clip_len < 1 or frame_stride < 1:
+            raise ValueError(f"CityscapesClips: clip_len and frame_stride must be >= 1, got {clip_len}, {frame_stride}")
+        self.root, self.split = Path(root), split
+        self.clip_len, self.frame_stride = int(clip_len), int(frame_stride)
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.classes = list(CITYSCAPES_CLASSES)
+        items = cityscapes_items(root, split)
+        self.items = [items[i] for _, i in select_labelled([len(items)], label_fraction, seed=seed)]
+        self.label_fraction = float(label_fraction)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        from stssl.data.eval_sets import cityscapes_clip_paths, read_cityscapes_item, read_image
+        from stssl.transforms.functional import resize_clip
+
+        item = self.items[index]
+        image, label = read_cityscapes_item(item)
+        if self.clip_len == 1:
+            frames = image[None]
+        else:
+            offsets = [-(self.clip_len - 1 - i) * self.frame_stride for i in range(self.clip_len - 1)]
+            before = [read_image(p) for p in cityscapes_clip_paths(self.root, item, offsets, self.split)]
+            frames = torch.stack([*before, image])
+        video = frames.permute(3, 0, 1, 2)  # (3, T, H, W) uint8
+        mask = label.long()
+        if self.size is not None:
+            video, _ = resize_clip(video, self.size, None)
+            mask = F.interpolate(mask[None, None].float(), size=self.size, mode="nearest")[0, 0].long()
+        return {"video": video, "mask": mask, "scene": 0, "frame": index}
+
+    def __repr__(self) -> str:
+        return (f"CityscapesClips({self.root}, split={self.split!r}, {len(self)} items, "
+                f"fraction={self.label_fraction}, clip_len={self.clip_len})")

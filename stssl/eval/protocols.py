@@ -41,8 +41,10 @@ __all__ = [
     "Protocol",
     "ProbeProtocol",
     "SegmentationProtocol",
+    "TransferProtocol",
     "WorldSplit",
     "dense_frame_features",
+    "plot_metric_curve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,10 +112,14 @@ class Protocol:
 
 
 class ProbeProtocol(Protocol):
-    """Frozen-feature kNN and linear probes on the world ego-motion task (straight / left / right).
+    """Frozen-feature kNN and linear probes: on the world ego-motion task (straight / left / right), or on
+    class-per-folder video sets (UCF101 style, ``train_root`` / ``test_root``: ``<root>/<class>/<video>``).
 
     Args:
         split: the world scenes (default: :mod:`stssl.eval.world_tasks`'s balanced seeds, 200 frames, 64x192).
+        train_root / test_root: class-per-folder video sets to probe instead of the world task (both or neither;
+            the classes are the folder names, and must be the same in both).
+        clips_per_video: clips per video of a class-folder set (evenly spaced).
         size: ``(H, W)`` of the clips fed to the encoder (default: the rendered size).
         clip_len / frame_stride / step: clip sampling.
         pool: ``"mean"`` or ``"grid2"`` (:func:`~stssl.eval.probe.extract_features`).
@@ -141,8 +147,15 @@ class ProbeProtocol(Protocol):
         weight_decay: float = 1e-3,
         batch_size: int = 16,
         seed: int = 0,
+        train_root: str | None = None,
+        test_root: str | None = None,
+        clips_per_video: int = 1,
     ) -> None:
         from stssl.eval.world_tasks import DEFAULT_TEST_SEEDS, DEFAULT_TRAIN_SEEDS
+
+        if (train_root is None) != (test_root is None):
+            raise ValueError(f"ProbeProtocol: give both train_root and test_root or neither, got {train_root}, {test_root}")
+        self.train_root, self.test_root, self.clips_per_video = train_root, test_root, int(clips_per_video)
 
         self.split = split or WorldSplit("driving", DEFAULT_TRAIN_SEEDS, DEFAULT_TEST_SEEDS, 200, 64, 192)
         self.size, self.clip_len, self.frame_stride, self.step = size, clip_len, frame_stride, step
@@ -159,13 +172,19 @@ class ProbeProtocol(Protocol):
         )
         from stssl.eval.world_tasks import ego_motion_dataset
 
-        train, test, info = ego_motion_dataset(
-            self.split.scenes("train"), self.split.scenes("test"), clip_len=self.clip_len,
-            frame_stride=self.frame_stride, step=self.step, size=self.size,
-        )
-        num_classes = len(info.class_names)
-        result: dict[str, Any] = {"task": "ego_motion", "class_names": list(info.class_names),
-                                  "class_counts": info.counts, **self.split.describe()}
+        if self.train_root is not None:
+            train, test, class_names = self._class_folders()
+            result: dict[str, Any] = {"task": "class_folders", "class_names": class_names,
+                                      "train_root": self.train_root, "test_root": self.test_root}
+        else:
+            train, test, info = ego_motion_dataset(
+                self.split.scenes("train"), self.split.scenes("test"), clip_len=self.clip_len,
+                frame_stride=self.frame_stride, step=self.step, size=self.size,
+            )
+            class_names = list(info.class_names)
+            result = {"task": "ego_motion", "class_names": class_names, "class_counts": info.counts,
+                      **self.split.describe()}
+        num_classes = len(class_names)
         for name, make in encoders.items():
             encoder = make()
             loader = DataLoader(train, batch_size=self.batch_size)
@@ -186,34 +205,50 @@ class ProbeProtocol(Protocol):
             result["chance"] = float((test_y == majority).float().mean())
         return result
 
+    def _class_folders(self) -> tuple[Any, Any, list[str]]:
+        from stssl.data.dataset import ClipDataset
+        from stssl.data.sources import class_folder_records
+
+        assert self.train_root is not None and self.test_root is not None
+        train_records, train_classes = class_folder_records(self.train_root)
+        test_records, test_classes = class_folder_records(self.test_root)
+        if train_classes != test_classes:
+            raise ValueError(
+                f"ProbeProtocol: {self.train_root} has classes {train_classes} but {self.test_root} has {test_classes}"
+            )
+        kwargs: dict[str, Any] = dict(clip_len=self.clip_len, frame_stride=self.frame_stride, size=self.size,
+                                      mode="uniform", clips_per_video=self.clips_per_video)
+        return ClipDataset(train_records, **kwargs), ClipDataset(test_records, **kwargs), list(train_classes)
+
 
 # -------------------------------------------------------------------------------------------- segmentation
 
 
-class SegmentationProtocol(Protocol):
-    """Semantic segmentation transfer at several label fractions (the label-efficiency curve).
+class TransferProtocol(Protocol):
+    """Base of the protocols that train a head per encoder and label fraction (segmentation, detection).
 
-    For each encoder factory and each fraction ``f`` of ``label_fractions``, a fresh encoder +
-    :class:`~stssl.modules.dense_transfer.SegmentationTransfer` decoder trains for ``max_steps`` steps on the
-    frames :func:`~stssl.data.labelled.select_labelled` marks labelled at ``f`` (the same frames for every
-    encoder), then is scored on every frame of the test scenes: mIoU (classes present in prediction or ground
-    truth), pixel accuracy and per-class IoU. The step budget is the same at every fraction (small fractions
-    revisit their frames more often), as label-efficiency studies usually fix it.
+    For each encoder factory and each fraction ``f`` of ``label_fractions``, a fresh encoder + the subclass's
+    LightningModule (:meth:`make_model`) trains for ``max_steps`` steps on the frames
+    :func:`~stssl.data.labelled.select_labelled` marks labelled at ``f`` — the same frames, steps and seed for every
+    encoder — and is then scored on the test set (its ``last_metrics`` after ``trainer.test``). The step budget is
+    the same at every fraction (small fractions revisit their frames more often), as label-efficiency studies
+    usually fix it. The curve of :attr:`metric` against the fraction is written to :attr:`curve_file`.
 
-    Args:
-        split: world scenes with ``semantic.npz`` (default: driving, train seeds 0-3, test seed 1000, 64 frames).
-        size: ``(H, W)`` frames and masks are resized to.
+    Args (shared by the subclasses):
+        split: world scenes (default: driving, train seeds 0-3, test seed 1000, 64 frames).
+        size: ``(H, W)`` frames (and labels) are resized to.
         clip_len / frame_stride: frames per clip (the labelled frame is the last) — ``1`` for frame encoders.
         label_fractions: fractions of the train frames that are labelled.
         max_steps / batch_size / lr / encoder_lr_scale / weight_decay: training (AdamW, cosine decay).
-        freeze_encoder: train only the decoder (a frozen dense probe) instead of fine-tuning.
+        freeze_encoder: train only the head (a frozen dense probe) instead of fine-tuning.
         normalize: ``(mean, std)`` of the encoder's pretraining input (``None`` = ``[0, 1]`` frames).
-        eval_every: also evaluate every N frames of the test scenes only (1 = all frames).
+        eval_every: evaluate every N-th test item only (1 = all).
         seed: seeds heads, label selection and the batch order.
         num_workers: data loader workers.
     """
 
-    name = "segmentation"
+    #: the metric drawn against the label fraction, its axis label and the PNG's file name
+    metric, ylabel, curve_file = "", "", ""
 
     def __init__(
         self,
@@ -233,12 +268,13 @@ class SegmentationProtocol(Protocol):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
+        owner = type(self).__name__
         if not label_fractions or any(not 0 < f <= 1 for f in label_fractions):
-            raise ValueError(f"SegmentationProtocol: label_fractions must be in (0, 1], got {list(label_fractions)}")
+            raise ValueError(f"{owner}: label_fractions must be in (0, 1], got {list(label_fractions)}")
         if max_steps < 1 or batch_size < 1 or eval_every < 1:
             raise ValueError(
-                f"SegmentationProtocol: max_steps, batch_size and eval_every must be >= 1, got {max_steps}, "
-                f"{batch_size}, {eval_every}"
+                f"{owner}: max_steps, batch_size and eval_every must be >= 1, got {max_steps}, {batch_size}, "
+                f"{eval_every}"
             )
         self.split = split or WorldSplit()
         self.size = (int(size[0]), int(size[1]))
@@ -249,39 +285,53 @@ class SegmentationProtocol(Protocol):
         self.freeze_encoder, self.normalize = bool(freeze_encoder), normalize
         self.eval_every, self.seed, self.num_workers = int(eval_every), int(seed), int(num_workers)
 
-    def _data(self, fraction: float) -> Any:
-        from stssl.data.labelled import SemanticClips
+    # -- what a subclass provides
+    def data(self, split: str, fraction: float = 1.0) -> Any:
+        """The ``"train"`` set at a label fraction, or the ``"test"`` set."""
+        raise NotImplementedError
 
-        return SemanticClips(self.split.scenes("train"), clip_len=self.clip_len, frame_stride=self.frame_stride,
-                             size=self.size, label_fraction=fraction, seed=self.seed)
+    def make_model(self, encoder: Encoder, test: Any) -> Any:
+        """A fresh LightningModule over ``encoder`` with a ``last_metrics`` dict after ``trainer.test``."""
+        raise NotImplementedError
+
+    def class_names(self, data: Any) -> list[str]:
+        """The classes a data set labels (train and test must agree)."""
+        raise NotImplementedError
+
+    def collate(self) -> Callable | None:
+        """The data loaders' ``collate_fn`` (``None``: the default)."""
+        return None
+
+    def describe(self, test: Any) -> dict[str, Any]:
+        """Extra result keys about the test set (counts, sources)."""
+        return {}
+
+    # -- the shared loop
+    def _head_kwargs(self) -> dict[str, Any]:
+        return dict(freeze_encoder=self.freeze_encoder, lr=self.lr, encoder_lr_scale=self.encoder_lr_scale,
+                    weight_decay=self.weight_decay, normalize=self.normalize, max_steps=self.max_steps)
 
     def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
         import lightning as L
 
-        from stssl.data.labelled import SemanticClips
-        from stssl.modules.dense_transfer import SegmentationTransfer
-
-        test = SemanticClips(self.split.scenes("test"), clip_len=self.clip_len, frame_stride=self.frame_stride,
-                             size=self.size)
+        test = self.data("test")
         if self.eval_every > 1:
             test.items = test.items[:: self.eval_every]
-        classes = test.classes or []
-        result: dict[str, Any] = {"classes": classes, "label_fractions": self.label_fractions,
-                                  "max_steps": self.max_steps, "test_frames": len(test), **self.split.describe()}
+        result: dict[str, Any] = {"label_fractions": self.label_fractions, "max_steps": self.max_steps,
+                                  "test_frames": len(test), "input_size": list(self.size), "clip_len": self.clip_len,
+                                  "classes": self.class_names(test), **self.split.describe(), **self.describe(test)}
+        collate = self.collate()
         for fraction in self.label_fractions:
-            train = self._data(fraction)
-            if train.classes != classes:
-                raise ValueError(f"SegmentationProtocol: train classes {train.classes} differ from test {classes}")
+            train = self.data("train", fraction)
+            if self.class_names(train) != result["classes"]:
+                raise ValueError(f"{type(self).__name__}: the train set's classes {self.class_names(train)} differ "
+                                 f"from the test set's {result['classes']}")
             for name, make in encoders.items():
                 L.seed_everything(self.seed, workers=True, verbose=False)
-                model = SegmentationTransfer(
-                    make(), len(classes), class_names=classes, freeze_encoder=self.freeze_encoder, lr=self.lr,
-                    encoder_lr_scale=self.encoder_lr_scale, weight_decay=self.weight_decay, normalize=self.normalize,
-                    max_steps=self.max_steps,
-                )
-                gen = torch.Generator().manual_seed(self.seed)
-                loader = DataLoader(train, batch_size=min(self.batch_size, len(train)), shuffle=True, drop_last=False,
-                                    generator=gen, num_workers=self.num_workers)
+                model = self.make_model(make(), test)
+                loader = DataLoader(train, batch_size=min(self.batch_size, len(train)), shuffle=True,
+                                    collate_fn=collate, generator=torch.Generator().manual_seed(self.seed),
+                                    num_workers=self.num_workers)
                 trainer = L.Trainer(
                     max_steps=self.max_steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -290,19 +340,78 @@ class SegmentationProtocol(Protocol):
                 started = time.perf_counter()
                 trainer.fit(model, loader)
                 train_s = time.perf_counter() - started
-                trainer.test(model, DataLoader(test, batch_size=self.batch_size, num_workers=self.num_workers),
-                             verbose=False)
-                metrics = dict(model.last_metrics)
-                metrics.update(labelled_frames=len(train), train_s=round(train_s, 1))
+                trainer.test(model, DataLoader(test, batch_size=self.batch_size, collate_fn=collate,
+                                               num_workers=self.num_workers), verbose=False)
+                metrics = {**model.last_metrics, "labelled_frames": len(train), "train_s": round(train_s, 1)}
                 result.setdefault(name, {})[str(fraction)] = metrics
-                logger.info("segmentation %s @ %.3g labels (%d frames): mIoU %.4f", name, fraction, len(train),
-                            metrics["miou"])
-        plot_label_efficiency(result, out_dir / "label_efficiency.png", list(encoders))
+                logger.info("%s %s @ %.3g labels (%d frames): %s %.4f", self.name, name, fraction, len(train),
+                            self.metric, metrics[self.metric])
+        plot_metric_curve(result, out_dir / self.curve_file, list(encoders), metric=self.metric, ylabel=self.ylabel)
         return result
 
 
-def plot_label_efficiency(result: dict[str, Any], path: Path, names: Sequence[str]) -> Path:
-    """mIoU against the labelled fraction (log x), one line per encoder; written to ``path`` (PNG)."""
+class SegmentationProtocol(TransferProtocol):
+    """Semantic segmentation transfer at several label fractions (the label-efficiency curve).
+
+    A :class:`TransferProtocol` whose head is :class:`~stssl.modules.dense_transfer.SegmentationTransfer` (a
+    pyramid decoder) and whose score is mIoU on every test frame (classes present in prediction or ground truth),
+    with pixel accuracy and per-class IoU; the curve is ``label_efficiency.png``.
+
+    Args:
+        split ... num_workers: see :class:`TransferProtocol`.
+        cityscapes_root: a Cityscapes-style tree to use instead of the world (``train`` split to train, ``val``
+            to test; :class:`~stssl.data.labelled.CityscapesClips`, 19 classes, 255 ignored).
+    """
+
+    name = "segmentation"
+    metric, ylabel, curve_file = "miou", "test mIoU", "label_efficiency.png"
+
+    def __init__(
+        self,
+        split: WorldSplit | None = None,
+        size: tuple[int, int] = (64, 192),
+        clip_len: int = 1,
+        frame_stride: int = 1,
+        label_fractions: Sequence[float] = (0.01, 0.1, 1.0),
+        max_steps: int = 300,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        encoder_lr_scale: float = 1.0,
+        weight_decay: float = 1e-4,
+        freeze_encoder: bool = False,
+        normalize: tuple[float, float] | None = None,
+        eval_every: int = 1,
+        seed: int = 0,
+        num_workers: int = 0,
+        cityscapes_root: str | None = None,
+    ) -> None:
+        super().__init__(split, size, clip_len, frame_stride, label_fractions, max_steps, batch_size, lr,
+                         encoder_lr_scale, weight_decay, freeze_encoder, normalize, eval_every, seed, num_workers)
+        self.cityscapes_root = cityscapes_root
+
+    def data(self, split: str, fraction: float = 1.0) -> Any:
+        from stssl.data.labelled import CityscapesClips, SemanticClips
+
+        kwargs: dict[str, Any] = dict(clip_len=self.clip_len, frame_stride=self.frame_stride, size=self.size,
+                                      label_fraction=fraction, seed=self.seed)
+        if self.cityscapes_root is not None:
+            return CityscapesClips(self.cityscapes_root, {"train": "train", "test": "val"}[split], **kwargs)
+        return SemanticClips(self.split.scenes(split), **kwargs)
+
+    def class_names(self, data: Any) -> list[str]:
+        return list(data.classes)
+
+    def describe(self, test: Any) -> dict[str, Any]:
+        return {"cityscapes_root": self.cityscapes_root} if self.cityscapes_root else {}
+
+    def make_model(self, encoder: Encoder, test: Any) -> Any:
+        from stssl.modules.dense_transfer import SegmentationTransfer
+
+        return SegmentationTransfer(encoder, test.num_classes, class_names=test.classes, **self._head_kwargs())
+
+
+def plot_metric_curve(result: dict[str, Any], path: Path, names: Sequence[str], *, metric: str, ylabel: str) -> Path:
+    """``result[name][fraction][metric]`` against the labelled fraction (log x), one line per encoder (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,12 +419,12 @@ def plot_label_efficiency(result: dict[str, Any], path: Path, names: Sequence[st
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for name in names:
-        points = sorted((float(f), m["miou"]) for f, m in result.get(name, {}).items())
+        points = sorted((float(f), m[metric]) for f, m in result.get(name, {}).items())
         if points:
             ax.plot([p[0] * 100 for p in points], [p[1] for p in points], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("labelled frames (%)")
-    ax.set_ylabel("test mIoU")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -364,22 +473,26 @@ def dense_frame_features(
 
 
 class PropagationProtocol(Protocol):
-    """Label propagation of the first frame's semantic mask through held-out world sequences (DAVIS protocol).
+    """Label propagation (DAVIS-2017 protocol): the first frame's masks, carried through each sequence by frozen
+    dense-feature affinity, scored with J&F.
 
-    Each semantic class present in a sequence's first frame is an object (id = class index + 1); its mask is
-    propagated by :func:`~stssl.eval.propagation.propagate_labels` over the frozen encoder's per-frame dense
-    features (:func:`dense_frame_features`), upsampled to the mask size, and scored with J&F over all objects of
-    all sequences (:class:`~stssl.eval.propagation.DavisMeter`).
+    Sequences come from a DAVIS-2017 tree (``davis_root``: ``JPEGImages/<res>/<seq>``, ``Annotations/<res>/<seq>``,
+    object ids from the palette PNGs) or from held-out world scenes, where each semantic class present in the
+    first frame is an object (id = class index + 1). The first mask is propagated by
+    :func:`~stssl.eval.propagation.propagate_labels` over :func:`dense_frame_features` of frames resized to
+    ``size``, upsampled (bilinear) to the annotation's resolution, and scored with J&F over all objects of all
+    sequences (:class:`~stssl.eval.propagation.DavisMeter`; first and last frames excluded, as DAVIS does).
 
     Args:
         split: world scenes (the test seeds are scored; the train seeds are unused).
-        size: ``(H, W)`` frames are resized to (masks too).
-        max_frames: frames of each sequence used (from the first).
+        size: ``(H, W)`` the encoder sees.
+        max_frames: frames of each sequence used (from the first; DAVIS sequences are 25-104 frames).
         frame_stride: every how many frames a sequence is sampled.
         context / stage: see :func:`dense_frame_features`.
         topk / radius / temperature / memory: :func:`~stssl.eval.propagation.propagate_labels`'s ``topk``,
             ``radius``, ``temperature`` and ``context`` (previous frames).
         normalize: ``(mean, std)`` of the encoder's pretraining input, or ``None``.
+        davis_root / davis_split / davis_resolution: a DAVIS-2017 tree to score instead of the world.
     """
 
     name = "propagation"
@@ -397,39 +510,65 @@ class PropagationProtocol(Protocol):
         temperature: float = 0.07,
         memory: int = 20,
         normalize: tuple[float, float] | None = None,
+        davis_root: str | None = None,
+        davis_split: str = "val",
+        davis_resolution: str = "480p",
     ) -> None:
         self.split = split or WorldSplit(test_seeds=(1000, 1001))
         self.size, self.max_frames, self.frame_stride = (int(size[0]), int(size[1])), int(max_frames), int(frame_stride)
         self.context, self.stage, self.topk, self.radius = int(context), stage, int(topk), float(radius)
         self.temperature, self.memory, self.normalize = float(temperature), int(memory), normalize
+        self.davis_root, self.davis_split, self.davis_resolution = davis_root, davis_split, davis_resolution
 
-    def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
+    def sequences(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """``(name, frames uint8 (T, 3, H, W) at size, object ids int64 (T, H', W'))`` per sequence."""
+        from stssl.transforms.functional import resize_clip
+
+        out = []
+        if self.davis_root is not None:
+            from stssl.data.eval_sets import davis_sequences, read_davis_sequence
+
+            for name in davis_sequences(self.davis_root, self.davis_split, resolution=self.davis_resolution):
+                seq = read_davis_sequence(self.davis_root, name, resolution=self.davis_resolution)
+                if seq.masks is None or seq.frames is None:
+                    raise ValueError(f"PropagationProtocol: DAVIS sequence {name} lacks frames or per-frame masks")
+                keep = list(range(0, seq.frames.shape[0], self.frame_stride))[: self.max_frames]
+                video, _ = resize_clip(seq.frames[keep].permute(3, 0, 1, 2), self.size, None)
+                out.append((name, video.permute(1, 0, 2, 3), seq.masks[keep].long()))
+            return out
         from stssl.data.labelled import SemanticClips
-        from stssl.eval.propagation import DavisMeter, mask_to_onehot, propagate_labels
 
         scenes = self.split.scenes("test")
         data = SemanticClips(scenes, size=self.size)
-        result: dict[str, Any] = {"objects": "semantic classes of frame 0", **self.split.describe()}
+        for s, scene in enumerate(scenes):
+            keep = list(range(0, data.videos[s].shape[0], self.frame_stride))[: self.max_frames]
+            gt = data.masks[s][keep] + 1  # object ids: class + 1 (0 stays free for "background")
+            present = torch.zeros(int(gt.max()) + 1, dtype=torch.bool)
+            present[gt[0].unique()] = True
+            out.append((scene.name, data.videos[s][keep], torch.where(present[gt], gt, torch.zeros_like(gt))))
+        return out
+
+    def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
+        from stssl.eval.propagation import DavisMeter, mask_to_onehot, propagate_labels
+
+        sequences = self.sequences()
+        source = {"davis_root": self.davis_root, "davis_split": self.davis_split} if self.davis_root else \
+            {"objects": "semantic classes of frame 0", **self.split.describe()}
+        result: dict[str, Any] = {**source, "sequences": [name for name, _, _ in sequences]}
         for name, make in encoders.items():
             encoder = make().eval()
             meter = DavisMeter()
-            for s, scene in enumerate(scenes):
-                frames = list(range(0, data.videos[s].shape[0], self.frame_stride))[: self.max_frames]
-                video = data.videos[s][frames].permute(1, 0, 2, 3).float() / 255.0  # (3, T, H, W)
+            for seq_name, frames, gt in sequences:
+                video = frames.permute(1, 0, 2, 3).float() / 255.0  # (3, T, H, W)
                 if self.normalize is not None:
                     video = (video - self.normalize[0]) / self.normalize[1]
-                gt = data.masks[s][frames] + 1  # object ids: class + 1 (0 stays free for "background")
-                present = torch.zeros(int(gt.max()) + 1, dtype=torch.bool)
-                present[gt[0].unique()] = True
-                gt = torch.where(present[gt], gt, torch.zeros_like(gt))  # objects = classes seen in frame 0
                 feats = dense_frame_features(encoder, video, stage=self.stage, context=self.context)
                 first = mask_to_onehot(gt[0], size=(feats.shape[-2], feats.shape[-1]), num_labels=int(gt.max()) + 1)
                 soft = propagate_labels(feats, first, topk=self.topk, context=self.memory, radius=self.radius,
                                         temperature=self.temperature)
-                up = F.interpolate(soft, size=self.size, mode="bilinear", align_corners=False)
-                pred = up.argmax(dim=1)
+                pred = F.interpolate(soft, size=tuple(gt.shape[-2:]), mode="bilinear", align_corners=False).argmax(1)
                 pred[0] = gt[0]
-                meter.update(pred, gt, name=f"{scene.name}")
+                meter.update(pred, gt, name=seq_name)
             result[name] = meter.compute()
         return result
 

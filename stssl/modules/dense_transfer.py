@@ -26,7 +26,7 @@ from stssl.encoders.base import Encoder
 from stssl.eval.segmentation import SegmentationMeter
 from stssl.heads.dense import PyramidDecoder
 
-__all__ = ["SegmentationTransfer"]
+__all__ = ["SegmentationTransfer", "transfer_optimizer"]
 
 
 class SegmentationTransfer(L.LightningModule):
@@ -156,14 +156,30 @@ class SegmentationTransfer(L.LightningModule):
         self._eval_end("test")
 
     def configure_optimizers(self):  # type: ignore[override]
-        lr, wd = float(self.hparams["lr"]), float(self.hparams["weight_decay"])
-        groups: list[dict[str, Any]] = [{"params": list(self.decoder.parameters()), "lr": lr}]
-        if not self.freeze_encoder:
-            groups.append({"params": list(self.encoder.parameters()), "lr": lr * float(self.hparams["encoder_lr_scale"])})
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
-        max_steps = self.hparams["max_steps"]
-        if not max_steps:
-            return optimizer
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
+            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
 
+
+def transfer_optimizer(
+    module: torch.nn.Module,
+    encoder: torch.nn.Module,
+    *,
+    lr: float,
+    encoder_lr_scale: float,
+    weight_decay: float,
+    max_steps: int | None,
+    freeze_encoder: bool,
+) -> Any:
+    """AdamW over a transfer module: its head (every parameter outside ``encoder``) at ``lr``, the encoder at
+    ``lr * encoder_lr_scale`` unless frozen; with ``max_steps`` a per-step cosine decay to 0 (Lightning's
+    ``configure_optimizers`` format)."""
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    groups: list[dict[str, Any]] = [{"params": [p for p in module.parameters() if id(p) not in encoder_ids],
+                                     "lr": float(lr)}]
+    if not freeze_encoder:
+        groups.append({"params": list(encoder.parameters()), "lr": float(lr) * float(encoder_lr_scale)})
+    optimizer = torch.optim.AdamW(groups, lr=float(lr), weight_decay=float(weight_decay))
+    if not max_steps:
+        return optimizer
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -68,29 +68,8 @@ def test_scene_eval_set_errors_name_the_file(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- Cityscapes
-def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
-
-
-def make_cityscapes(root: Path, with_sequence: bool = True) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    label = np.array([[7, 8, 26, 0], [33, 24, 1, 23]], dtype=np.uint8).repeat(2, 0).repeat(2, 1)  # (4, 8)
-    for city, seq in (("aachen", 0), ("bochum", 3)):
-        stem = f"{city}_{seq:06d}_000019"
-        save_png(root / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png",
-                 rng.integers(0, 255, (4, 8, 3), dtype=np.uint8))
-        save_png(root / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png", label)
-        if with_sequence:
-            for frame in range(17, 21):
-                name = f"{city}_{seq:06d}_{frame:06d}_leftImg8bit.png"
-                save_png(root / "leftImg8bit_sequence" / "val" / city / name,
-                         rng.integers(0, 255, (4, 8, 3), dtype=np.uint8))
-    return label
-
-
-def test_cityscapes_pairs_and_train_ids(tmp_path: Path) -> None:
-    label = make_cityscapes(tmp_path)
+def test_cityscapes_pairs_and_train_ids(tmp_path: Path, eval_trees) -> None:
+    label = eval_trees.make_cityscapes(tmp_path)
     items = cityscapes_items(tmp_path, "val")
     assert [item.stem for item in items] == ["aachen_000000_000019", "bochum_000003_000019"]
     image, train = read_cityscapes_item(items[1])
@@ -113,8 +92,8 @@ def test_train_id_table_is_the_standard_one() -> None:
         assert table[unevaluated] == 255
 
 
-def test_cityscapes_clip_paths_and_errors(tmp_path: Path) -> None:
-    make_cityscapes(tmp_path)
+def test_cityscapes_clip_paths_and_errors(tmp_path: Path, eval_trees) -> None:
+    eval_trees.make_cityscapes(tmp_path)
     item = cityscapes_items(tmp_path)[0]
     paths = cityscapes_clip_paths(tmp_path, item, [-2, -1, 0, 1])
     assert [p.name for p in paths] == [f"aachen_000000_{f:06d}_leftImg8bit.png" for f in (17, 18, 19, 20)]
@@ -128,10 +107,10 @@ def test_cityscapes_clip_paths_and_errors(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- COCO
-def make_coco(root: Path) -> Path:
+def make_coco(root: Path, trees) -> Path:
     (root / "val").mkdir(parents=True)
     for name in ("a.jpg", "b.jpg"):
-        save_png(root / "val" / name, np.zeros((6, 9, 3), dtype=np.uint8))
+        trees.save_png(root / "val" / name, np.zeros((6, 9, 3), dtype=np.uint8))
     coco = {
         "images": [{"id": 10, "file_name": "a.jpg", "height": 6, "width": 9},
                    {"id": 4, "file_name": "b.jpg", "height": 6, "width": 9}],
@@ -148,8 +127,8 @@ def make_coco(root: Path) -> Path:
     return path
 
 
-def test_coco_detection_folder(tmp_path: Path) -> None:
-    ann = make_coco(tmp_path)
+def test_coco_detection_folder(tmp_path: Path, eval_trees) -> None:
+    ann = make_coco(tmp_path, eval_trees)
     data = read_coco_detection(ann, tmp_path / "val")
     assert data.categories == ["person", "car", "toothbrush"] and data.category_ids == [1, 3, 90]
     assert len(data) == 2 and [t.image_id for t in data.items] == [10, 4]
@@ -164,8 +143,8 @@ def test_coco_detection_folder(tmp_path: Path) -> None:
     assert kept.labels.tolist() == [2, 0, 1] and kept.path is None
 
 
-def test_coco_errors_name_the_file_and_key(tmp_path: Path) -> None:
-    ann = make_coco(tmp_path)
+def test_coco_errors_name_the_file_and_key(tmp_path: Path, eval_trees) -> None:
+    ann = make_coco(tmp_path, eval_trees)
     (tmp_path / "val" / "b.jpg").unlink()
     with pytest.raises(EvalSetError, match="b.jpg: missing image"):
         read_coco_detection(ann, tmp_path / "val")
@@ -182,36 +161,8 @@ def test_coco_errors_name_the_file_and_key(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- DAVIS
-PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [200, 200, 200] * 252
-
-
-def save_palette_png(path: Path, ids: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(ids.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE)
-    im.save(path)
-
-
-def make_davis(root: Path, T: int = 4, H: int = 12, W: int = 16) -> np.ndarray:
-    masks = np.zeros((T, H, W), dtype=np.uint8)
-    for t in range(T):
-        masks[t, 2:6, 1 + t : 5 + t] = 1
-        masks[t, 7:11, 9:14] = 2
-    masks[1, 0, 0] = 255  # void
-    rng = np.random.default_rng(0)
-    for seq in ("bear", "dog"):
-        for t in range(T):
-            frame = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
-            (root / "JPEGImages" / "480p" / seq).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(frame).save(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", quality=95)
-            save_palette_png(root / "Annotations" / "480p" / seq / f"{t:05d}.png", masks[t])
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\nbear\n")
-    return masks
-
-
-def test_davis_sequence_reads_palette_ids(tmp_path: Path) -> None:
-    masks = make_davis(tmp_path)
+def test_davis_sequence_reads_palette_ids(tmp_path: Path, eval_trees) -> None:
+    masks = eval_trees.make_davis(tmp_path)
     assert davis_sequences(tmp_path, "val") == ["dog", "bear"]
     assert davis_sequences(tmp_path, None) == ["bear", "dog"]
     seq = read_davis_sequence(tmp_path, "dog")
@@ -225,8 +176,8 @@ def test_davis_sequence_reads_palette_ids(tmp_path: Path) -> None:
     assert j_and_f(pred, seq.masks)["JF"] == 1.0
 
 
-def test_davis_partial_annotations_and_errors(tmp_path: Path) -> None:
-    make_davis(tmp_path)
+def test_davis_partial_annotations_and_errors(tmp_path: Path, eval_trees) -> None:
+    eval_trees.make_davis(tmp_path)
     ann = tmp_path / "Annotations" / "480p" / "bear"
     (ann / "00002.png").unlink()
     seq = read_davis_sequence(tmp_path, "bear", load_frames=False)
@@ -239,6 +190,6 @@ def test_davis_partial_annotations_and_errors(tmp_path: Path) -> None:
     with pytest.raises(EvalSetError, match="ImageSets/2017/test-dev.txt: missing"):
         davis_sequences(tmp_path, "test-dev")
     rgb = tmp_path / "rgb.png"
-    save_png(rgb, np.zeros((4, 4, 3), dtype=np.uint8))
+    eval_trees.save_png(rgb, np.zeros((4, 4, 3), dtype=np.uint8))
     with pytest.raises(EvalSetError, match="mode RGB; expected a palette"):
         read_label_png(rgb)
