@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -174,26 +173,18 @@ def test_driving_world_turns_have_the_right_sign(tiny_world: Path) -> None:
     assert train[0]["video"].shape == (3, 4, 16, 48)
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("probe_world", ROOT / "tools" / "probe_world.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_probe_world_tool_smoke(tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "probe.json"
-    argv = [
-        "--root", str(tiny_world), "--train-seeds", "2", "--test-seeds", "11", "--frames", "40", "--render-size",
-        "16x48", "--clip-len", "4", "--step", "1", "--encoder", "r3d_tiny", "--encoder-kwargs", '{"width": 4}',
-        "--k", "5", "--epochs", "20", "--batch-size", "8", "--out", str(out),
-    ]
-    result = _load_tool().main(argv)
-    assert json.loads(out.read_text()) == result
-    assert result["ckpt"] is None and result["encoder"] == "r3d_tiny"
-    for key in ("knn_acc", "linear_acc", "chance", "linear_train_acc", "knn_mean_class_acc"):
-        assert 0.0 <= result[key] <= 1.0, key
+def test_probe_protocol_on_the_world(tiny_world: Path, tmp_path: Path) -> None:
+    """``stssl-eval``'s probe protocol on the rendered world task (random init; the checkpoint path is tested in
+    tests/eval/test_harness.py)."""
+    from stssl.eval.cli import run_eval
+    from stssl.eval.protocols import ProbeProtocol, WorldSplit
+
+    split = WorldSplit("driving", train_seeds=[2], test_seeds=[11], root=str(tiny_world), **TINY)
+    protocol = ProbeProtocol(split, clip_len=4, step=1, k=5, epochs=20, batch_size=8)
+    result = run_eval(protocol, encoder_name="r3d_tiny", encoder_kwargs={"width": 4}, output_dir=tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert result["checkpoint"] is None and set(result) >= {"scratch", "chance", "class_counts"}
+    for key in ("knn_acc", "linear_acc", "knn_mean_class_acc", "linear_mean_class_acc"):
+        assert 0.0 <= result["scratch"][key] <= 1.0, key
     assert sum(result["class_counts"]["test"]) > 0 and result["class_names"] == list(EGO_MOTION_CLASSES)
-    assert '"knn_acc"' in capsys.readouterr().out
