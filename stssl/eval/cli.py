@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,20 @@ __all__ = ["eval_main", "run_eval"]
 logger = logging.getLogger("stssl")
 
 
-def _factories(checkpoint: str | None, name: str | None, kwargs: dict, baseline: bool, seed: int) -> dict[str, Any]:
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (strict JSON has neither; e.g. the IoU of an unseen class)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _factories(
+    checkpoint: str | None, name: str | None, kwargs: dict, baseline: bool, seed: int, device: str = "cpu"
+) -> dict[str, Any]:
     import torch
 
     from stssl.encoders import build_encoder
@@ -45,11 +59,11 @@ def _factories(checkpoint: str | None, name: str | None, kwargs: dict, baseline:
     factories: dict[str, Any] = {}
     if checkpoint:
         pretrained = load_encoder_from_checkpoint(checkpoint, encoder=copy.deepcopy(given) if given else None)
-        factories["pretrained"] = lambda: copy.deepcopy(pretrained)
+        factories["pretrained"] = lambda: copy.deepcopy(pretrained).to(device)
     if baseline or not checkpoint:
         torch.manual_seed(seed)
         scratch = given if given is not None else load_encoder_from_checkpoint(str(checkpoint), random_init=True)
-        factories["scratch"] = lambda: copy.deepcopy(scratch)
+        factories["scratch"] = lambda: copy.deepcopy(scratch).to(device)
     return factories
 
 
@@ -62,6 +76,7 @@ def run_eval(
     baseline: bool = True,
     output_dir: str | Path = "runs/eval",
     seed: int = 0,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Score encoders with ``protocol`` and write ``metrics.json`` into ``output_dir``; returns the metrics.
 
@@ -73,6 +88,8 @@ def run_eval(
         baseline: also score ``scratch``: the same architecture, freshly initialised from ``seed``.
         output_dir: the run directory.
         seed: seeds the random init.
+        device: where the frozen-feature protocols run their encoders (``"auto"``: CUDA when available); the
+            training protocols use Lightning's ``accelerator="auto"``.
 
     Raises:
         ValueError: when neither ``checkpoint`` nor ``encoder_name`` says which encoder to score.
@@ -89,7 +106,10 @@ def run_eval(
         protocol.checkpoint = checkpoint
         factories: dict[str, Any] = {}
     else:
-        factories = _factories(checkpoint, encoder_name, dict(encoder_kwargs or {}), baseline, seed)
+        import torch
+
+        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        factories = _factories(checkpoint, encoder_name, dict(encoder_kwargs or {}), baseline, seed, dev)
     started = time.perf_counter()
     result = protocol.run(factories, out)
     metrics = {
@@ -100,7 +120,8 @@ def run_eval(
         "wall_s": round(time.perf_counter() - started, 1),
         **result,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    metrics = _json_safe(json.loads(json.dumps(metrics, default=float)))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
     return metrics
 
 
@@ -118,6 +139,7 @@ def build_parser() -> Any:
     parser.add_argument("--baseline", type=bool, default=True, help="also score a random-init encoder")
     parser.add_argument("--output_dir", type=str, default="runs/eval", help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    parser.add_argument("--device", type=str, default="auto", help="device of the frozen-feature protocols")
     return parser
 
 
@@ -137,9 +159,9 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.save(cfg, out / "config.yaml", overwrite=True)
     metrics = run_eval(
         init.protocol, checkpoint=cfg.checkpoint, encoder_name=cfg.encoder.name, encoder_kwargs=cfg.encoder.kwargs,
-        baseline=cfg.baseline, output_dir=out, seed=cfg.seed,
+        baseline=cfg.baseline, output_dir=out, seed=cfg.seed, device=cfg.device,
     )
-    print(json.dumps(metrics, indent=1, default=float))
+    print(json.dumps(metrics, indent=1))
     print(f"stssl-eval: wrote {out / 'metrics.json'}", flush=True)
 
 

@@ -87,7 +87,7 @@ class DetectionProtocol(TransferProtocol):
         return collate_boxes
 
     def describe(self, test: Any) -> dict[str, Any]:
-        return {"test_boxes": test.box_counts(), "min_box_size": self.min_box_size}
+        return {"test_boxes": test.box_counts(), "min_box_size": self.min_box_size, **self.split.describe()}
 
     def make_model(self, encoder: Encoder, test: Any) -> Any:
         from stssl.modules.detection_transfer import DetectionTransfer

@@ -410,8 +410,8 @@ def load_encoder_from_checkpoint(
 
 def _encoder_from_config(config: Any, path: Path) -> Encoder:
     """Instantiate an encoder from a saved ``class_path``/``init_args`` dict (jsonargparse, as LightningCLI does)."""
-    if isinstance(config, Encoder):
-        return config
+    if isinstance(config, Encoder):  # a copy: the caller loads weights into it, or wants a fresh one
+        return copy.deepcopy(config)
     if not isinstance(config, Mapping) or "class_path" not in config:
         raise ValueError(
             f"{path}: the checkpoint has no saved encoder config (hyper_parameters['encoder'] is {config!r}); it was "

@@ -303,8 +303,8 @@ class TransferProtocol(Protocol):
         return None
 
     def describe(self, test: Any) -> dict[str, Any]:
-        """Extra result keys about the test set (counts, sources)."""
-        return {}
+        """Extra result keys about the data (its source, counts); by default the world split."""
+        return self.split.describe()
 
     # -- the shared loop
     def _head_kwargs(self) -> dict[str, Any]:
@@ -319,7 +319,7 @@ class TransferProtocol(Protocol):
             test.items = test.items[:: self.eval_every]
         result: dict[str, Any] = {"label_fractions": self.label_fractions, "max_steps": self.max_steps,
                                   "test_frames": len(test), "input_size": list(self.size), "clip_len": self.clip_len,
-                                  "classes": self.class_names(test), **self.split.describe(), **self.describe(test)}
+                                  "classes": self.class_names(test), **self.describe(test)}
         collate = self.collate()
         for fraction in self.label_fractions:
             train = self.data("train", fraction)
@@ -402,7 +402,7 @@ class SegmentationProtocol(TransferProtocol):
         return list(data.classes)
 
     def describe(self, test: Any) -> dict[str, Any]:
-        return {"cityscapes_root": self.cityscapes_root} if self.cityscapes_root else {}
+        return {"cityscapes_root": self.cityscapes_root} if self.cityscapes_root else self.split.describe()
 
     def make_model(self, encoder: Encoder, test: Any) -> Any:
         from stssl.modules.dense_transfer import SegmentationTransfer
@@ -449,7 +449,7 @@ def dense_frame_features(
 
     Args:
         encoder: any encoder (evaluation mode is the caller's choice).
-        video: float ``(3, T, H, W)`` in the encoder's input range.
+        video: float ``(3, T, H, W)`` in the encoder's input range (moved to the encoder's device).
         stage: pyramid stage index (default: the stage whose spatial stride is closest to 8).
         context: frames per clip (at least the encoder's ``spec.min_frames``).
         batch_size: clips per encoder call.
@@ -460,6 +460,8 @@ def dense_frame_features(
     if not 0 <= stage < len(spec.channels):
         raise ValueError(f"dense_frame_features: stage {stage} out of range for {len(spec.channels)} pyramid stages")
     context = max(int(context), int(spec.min_frames))
+    param = next(iter(encoder.parameters()), None)
+    video = video.to(param.device if param is not None else video.device)  # where the encoder is
     T = video.shape[1]
     feats = []
     for start in range(0, T, batch_size):
@@ -482,6 +484,7 @@ class PropagationProtocol(Protocol):
     :func:`~stssl.eval.propagation.propagate_labels` over :func:`dense_frame_features` of frames resized to
     ``size``, upsampled (bilinear) to the annotation's resolution, and scored with J&F over all objects of all
     sequences (:class:`~stssl.eval.propagation.DavisMeter`; first and last frames excluded, as DAVIS does).
+    Features are computed where the encoder is (``stssl-eval --device``).
 
     Args:
         split: world scenes (the test seeds are scored; the train seeds are unused).
@@ -542,14 +545,17 @@ class PropagationProtocol(Protocol):
         data = SemanticClips(scenes, size=self.size)
         for s, scene in enumerate(scenes):
             keep = list(range(0, data.videos[s].shape[0], self.frame_stride))[: self.max_frames]
-            gt = data.masks[s][keep] + 1  # object ids: class + 1 (0 stays free for "background")
-            present = torch.zeros(int(gt.max()) + 1, dtype=torch.bool)
-            present[gt[0].unique()] = True
-            out.append((scene.name, data.videos[s][keep], torch.where(present[gt], gt, torch.zeros_like(gt))))
+            classes = data.masks[s][keep]
+            # objects: the classes of frame 0, numbered 1..N (an id below N that no frame-0 pixel has would be
+            # scored as an empty object, J = F = 1, by the DAVIS rules); other classes are background (0)
+            ids = torch.zeros(int(classes.max()) + 1, dtype=torch.long)
+            present = classes[0].unique()
+            ids[present] = torch.arange(1, len(present) + 1)
+            out.append((scene.name, data.videos[s][keep], ids[classes]))
         return out
 
     def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
-        from stssl.eval.propagation import DavisMeter, mask_to_onehot, propagate_labels
+        from stssl.eval.propagation import DAVIS_VOID, DavisMeter, mask_to_onehot, propagate_labels
 
         sequences = self.sequences()
         source = {"davis_root": self.davis_root, "davis_split": self.davis_split} if self.davis_root else \
@@ -563,11 +569,14 @@ class PropagationProtocol(Protocol):
                 if self.normalize is not None:
                     video = (video - self.normalize[0]) / self.normalize[1]
                 feats = dense_frame_features(encoder, video, stage=self.stage, context=self.context)
-                first = mask_to_onehot(gt[0], size=(feats.shape[-2], feats.shape[-1]), num_labels=int(gt.max()) + 1)
+                objects = gt[0][gt[0] != DAVIS_VOID]
+                first = mask_to_onehot(gt[0], size=(feats.shape[-2], feats.shape[-1]),
+                                       num_labels=int(objects.max()) + 1 if objects.numel() else 1).to(feats.device)
                 soft = propagate_labels(feats, first, topk=self.topk, context=self.memory, radius=self.radius,
                                         temperature=self.temperature)
-                pred = F.interpolate(soft, size=tuple(gt.shape[-2:]), mode="bilinear", align_corners=False).argmax(1)
-                pred[0] = gt[0]
+                up = F.interpolate(soft, size=tuple(gt.shape[-2:]), mode="bilinear", align_corners=False)
+                pred = up.argmax(1).cpu()
+                pred[0] = torch.where(gt[0] == DAVIS_VOID, torch.zeros_like(gt[0]), gt[0])  # frame 0 is given
                 meter.update(pred, gt, name=seq_name)
             result[name] = meter.compute()
         return result

@@ -141,8 +141,11 @@ class SegmentationTransfer(L.LightningModule):
 
     def _eval_end(self, stage: str) -> None:
         meter = self._meters.pop(stage, None)
-        if meter is None or meter.confmat is None or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
             return
+        if meter is None or meter.confmat is None:  # a rank without batches still joins the reduce below
+            meter = SegmentationMeter(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
+            meter.confmat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
         meter.confmat = self.trainer.strategy.reduce(meter.confmat, reduce_op="sum")  # all ranks' pixels
         result = meter.compute()
         for key in ("miou", "pixel_accuracy", "mean_accuracy"):

@@ -17,7 +17,8 @@ and each view predicts the codes of the others.
   joins the Sinkhorn problem (for small batches), and the prototypes can be frozen for the first steps.
 
 The Sinkhorn problem is per process: under DDP the equipartition holds over each rank's batch (SwAV gathers the
-scores of all ranks; not done here).
+scores of all ranks; not done here). SwAV's queue is a buffer filled per rank: under DDP set
+``DDPStrategy(broadcast_buffers=False)``, or rank 0's queue overwrites the others' before every forward.
 
 Logs, besides ``loss``: ``acc`` (how often a view's predicted cluster equals the other views' code), the collapse
 monitors ``clusters_used`` (distinct clusters among the argmax predictions of the batch's views) and

@@ -204,6 +204,7 @@ class DeepClusterTask(PretextTask):
             bound = 1.0 / math.sqrt(self.dim)
             fresh = (torch.rand(param.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
             param.copy_(fresh.to(param))
+            param.grad = None  # gradients accumulated for the old label space do not apply to the new one
         self.reclusters += 1
         self.last_recluster.copy_(self.steps)
 

@@ -248,7 +248,9 @@ class DepthMotionTask(PretextTask):
             output for the pair with the mirrored output for the horizontally flipped pair (a flipped video is the
             video of the mirrored world ``X -> -X``, whose camera motion is ``S T S``, ``S = diag(-1, 1, 1)``:
             ``tx``, ``ry`` and ``rz`` change sign). An input-independent pose then cannot move sideways or yaw,
-            which removes the sideways-motion solution short runs can fall into. Costs a second pose-net pass.
+            which removes the sideways-motion solution short runs can fall into. Costs a second pose-net pass. (Exact
+            for any intrinsics: the flipped video is the mirrored world seen by a camera with ``cx' = W - 1 - cx``,
+            which still moves by ``S T S``.)
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
     Batch: ``video`` ``(B, 3, T, H, W)`` in ``[0, 1]`` with ``T == len(frame_offsets)``; ``K`` ``(B, 3, 3)`` at

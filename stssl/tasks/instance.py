@@ -356,7 +356,8 @@ class MoCoTask(EMAViewTask):
         proj_hidden, proj_dim, proj_layers: the projector (:func:`~stssl.tasks.common.projection_mlp`).
         predictor: add MoCo v3's predictor MLP (``proj_dim -> pred_hidden -> proj_dim``) on the query side.
         pred_hidden: predictor width.
-        queue_size: keys in the :class:`~stssl.losses.contrastive.MoCoQueue`; 0 for in-batch negatives.
+        queue_size: keys in the :class:`~stssl.losses.contrastive.MoCoQueue`; 0 for in-batch negatives (per rank
+            under DDP: MoCo v3 gathers them across ranks, not done here).
         temperature: InfoNCE temperature.
         symmetric: use every ordered pair of views (else only query view 0 against key view 1).
         ema, ema_end, total_steps: the key encoder's momentum (see :class:`EMAViewTask`).

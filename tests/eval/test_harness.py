@@ -189,3 +189,18 @@ def test_probe_on_class_folders(tmp_path: Path) -> None:
     assert out["scratch"]["knn_acc"] == 1.0 and out["scratch"]["linear_acc"] == 1.0
     with pytest.raises(ValueError, match="both train_root and test_root"):
         ProbeProtocol(train_root=str(tmp_path / "train"))
+
+
+def test_world_propagation_objects_are_the_first_frame_classes_numbered_from_one(tmp_path: Path) -> None:
+    """DAVIS counts ids 1..max(first frame) as objects: an unused id in between would score as a free J = F = 1."""
+    from stssl.data.labelled import SemanticClips
+
+    split = _tiny_split(tmp_path / "worlds")
+    (name, frames, gt), = PropagationProtocol(split, size=(32, 96), max_frames=6).sequences()
+    classes = SemanticClips(split.scenes("test"), size=(32, 96)).masks[0]
+    present = classes[0].unique()
+    assert torch.equal(gt[0].unique(), torch.arange(1, len(present) + 1))
+    # same class, same object id, in every frame; classes absent from frame 0 are background
+    for c, obj in zip(present.tolist(), range(1, len(present) + 1), strict=True):
+        assert bool((gt[classes == c] == obj).all())
+    assert bool((gt[~torch.isin(classes, present)] == 0).all())
