@@ -11,6 +11,8 @@ pretrained and scratch see the same labels, steps and seeds.
   curve (``label_efficiency.png``).
 - :class:`PropagationProtocol`: label propagation (DAVIS protocol, :func:`~stssl.eval.propagation.propagate_labels`)
   of the first frame's semantic mask through held-out world sequences by frozen dense-feature affinity; J&F.
+- :class:`FinetuneProtocol`: full fine-tuning (encoder + linear layer) on the same clip sets at several label
+  fractions.
 - :class:`DepthPoseProtocol`: the depth (Eigen) and pose (ATE) metrics of a depth + ego-motion checkpoint on
   scene folders (the full trained module is needed, not only its encoder).
 
@@ -30,19 +32,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from stssl.data.labelled import select_labelled
 from stssl.encoders.base import Encoder
 
 __all__ = [
     "DepthPoseProtocol",
     "EncoderFactory",
+    "FinetuneProtocol",
     "PropagationProtocol",
     "Protocol",
     "ProbeProtocol",
     "SegmentationProtocol",
     "TransferProtocol",
     "WorldSplit",
+    "clip_classification_sets",
     "dense_frame_features",
     "plot_metric_curve",
 ]
@@ -162,6 +167,12 @@ class ProbeProtocol(Protocol):
         self.pool, self.bn_recalibrate, self.k, self.temperature = pool, bn_recalibrate, k, temperature
         self.epochs, self.weight_decay, self.batch_size, self.seed = epochs, weight_decay, batch_size, seed
 
+    def sets(self) -> tuple[Any, Any, list[str], dict[str, Any]]:
+        """``(train, test, class names, description)``: the labelled clip sets this protocol scores."""
+        return clip_classification_sets(self.split, self.train_root, self.test_root, clip_len=self.clip_len,
+                                        frame_stride=self.frame_stride, step=self.step, size=self.size,
+                                        clips_per_video=self.clips_per_video)
+
     def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
         from stssl.eval.probe import (
             extract_features,
@@ -170,20 +181,9 @@ class ProbeProtocol(Protocol):
             mean_class_accuracy,
             recalibrate_batchnorm,
         )
-        from stssl.eval.world_tasks import ego_motion_dataset
 
-        if self.train_root is not None:
-            train, test, class_names = self._class_folders()
-            result: dict[str, Any] = {"task": "class_folders", "class_names": class_names,
-                                      "train_root": self.train_root, "test_root": self.test_root}
-        else:
-            train, test, info = ego_motion_dataset(
-                self.split.scenes("train"), self.split.scenes("test"), clip_len=self.clip_len,
-                frame_stride=self.frame_stride, step=self.step, size=self.size,
-            )
-            class_names = list(info.class_names)
-            result = {"task": "ego_motion", "class_names": class_names, "class_counts": info.counts,
-                      **self.split.describe()}
+        train, test, class_names, source = self.sets()
+        result: dict[str, Any] = {"class_names": class_names, **source}
         num_classes = len(class_names)
         for name, make in encoders.items():
             encoder = make()
@@ -205,20 +205,41 @@ class ProbeProtocol(Protocol):
             result["chance"] = float((test_y == majority).float().mean())
         return result
 
-    def _class_folders(self) -> tuple[Any, Any, list[str]]:
-        from stssl.data.dataset import ClipDataset
-        from stssl.data.sources import class_folder_records
 
-        assert self.train_root is not None and self.test_root is not None
-        train_records, train_classes = class_folder_records(self.train_root)
-        test_records, test_classes = class_folder_records(self.test_root)
-        if train_classes != test_classes:
-            raise ValueError(
-                f"ProbeProtocol: {self.train_root} has classes {train_classes} but {self.test_root} has {test_classes}"
-            )
-        kwargs: dict[str, Any] = dict(clip_len=self.clip_len, frame_stride=self.frame_stride, size=self.size,
-                                      mode="uniform", clips_per_video=self.clips_per_video)
-        return ClipDataset(train_records, **kwargs), ClipDataset(test_records, **kwargs), list(train_classes)
+def clip_classification_sets(
+    split: WorldSplit,
+    train_root: str | None,
+    test_root: str | None,
+    *,
+    clip_len: int,
+    frame_stride: int,
+    step: int,
+    size: tuple[int, int] | None,
+    clips_per_video: int,
+) -> tuple[Any, Any, list[str], dict[str, Any]]:
+    """Labelled clip sets: class-per-folder video sets (``train_root`` / ``test_root``) or, without them, the world
+    ego-motion task of ``split`` (:func:`~stssl.eval.world_tasks.ego_motion_dataset`).
+
+    Returns:
+        ``(train, test, class names, description)``; items have ``video`` uint8 ``(3, T, H, W)`` and ``label``.
+    """
+    from stssl.data.dataset import ClipDataset
+    from stssl.data.sources import class_folder_records
+    from stssl.eval.world_tasks import ego_motion_dataset
+
+    if train_root is None or test_root is None:
+        train, test, info = ego_motion_dataset(split.scenes("train"), split.scenes("test"), clip_len=clip_len,
+                                               frame_stride=frame_stride, step=step, size=size)
+        return train, test, list(info.class_names), {"task": "ego_motion", "class_counts": info.counts,
+                                                     **split.describe()}
+    train_records, train_classes = class_folder_records(train_root)
+    test_records, test_classes = class_folder_records(test_root)
+    if train_classes != test_classes:
+        raise ValueError(f"{train_root} has classes {train_classes} but {test_root} has {test_classes}")
+    kwargs: dict[str, Any] = dict(clip_len=clip_len, frame_stride=frame_stride, size=size, mode="uniform",
+                                  clips_per_video=clips_per_video)
+    return (ClipDataset(train_records, **kwargs), ClipDataset(test_records, **kwargs), list(train_classes),
+            {"task": "class_folders", "train_root": train_root, "test_root": test_root})
 
 
 # -------------------------------------------------------------------------------------------- segmentation
@@ -236,7 +257,7 @@ class TransferProtocol(Protocol):
 
     Args (shared by the subclasses):
         split: world scenes (default: driving, train seeds 0-3, test seed 1000, 64 frames).
-        size: ``(H, W)`` frames (and labels) are resized to.
+        size: ``(H, W)`` frames (and labels) are resized to (``None``: as stored, where a subclass allows it).
         clip_len / frame_stride: frames per clip (the labelled frame is the last) — ``1`` for frame encoders.
         label_fractions: fractions of the train frames that are labelled.
         max_steps / batch_size / lr / encoder_lr_scale / weight_decay: training (AdamW, cosine decay).
@@ -253,7 +274,7 @@ class TransferProtocol(Protocol):
     def __init__(
         self,
         split: WorldSplit | None = None,
-        size: tuple[int, int] = (64, 192),
+        size: tuple[int, int] | None = (64, 192),
         clip_len: int = 1,
         frame_stride: int = 1,
         label_fractions: Sequence[float] = (0.01, 0.1, 1.0),
@@ -277,7 +298,7 @@ class TransferProtocol(Protocol):
                 f"{eval_every}"
             )
         self.split = split or WorldSplit()
-        self.size = (int(size[0]), int(size[1]))
+        self.size: tuple[int, int] | None = None if size is None else (int(size[0]), int(size[1]))
         self.clip_len, self.frame_stride = int(clip_len), int(frame_stride)
         self.label_fractions = sorted(float(f) for f in label_fractions)
         self.max_steps, self.batch_size, self.lr = int(max_steps), int(batch_size), float(lr)
@@ -315,11 +336,13 @@ class TransferProtocol(Protocol):
         import lightning as L
 
         test = self.data("test")
-        if self.eval_every > 1:
-            test.items = test.items[:: self.eval_every]
         result: dict[str, Any] = {"label_fractions": self.label_fractions, "max_steps": self.max_steps,
-                                  "test_frames": len(test), "input_size": list(self.size), "clip_len": self.clip_len,
+                                  "input_size": None if self.size is None else list(self.size),
+                                  "clip_len": self.clip_len,
                                   "classes": self.class_names(test), **self.describe(test)}
+        if self.eval_every > 1:
+            test = Subset(test, range(0, len(test), self.eval_every))
+        result["test_frames"] = len(test)
         collate = self.collate()
         for fraction in self.label_fractions:
             train = self.data("train", fraction)
@@ -408,6 +431,84 @@ class SegmentationProtocol(TransferProtocol):
         from stssl.modules.dense_transfer import SegmentationTransfer
 
         return SegmentationTransfer(encoder, test.num_classes, class_names=test.classes, **self._head_kwargs())
+
+
+class FinetuneProtocol(TransferProtocol):
+    """Full fine-tuning for clip classification at several label fractions (encoder + linear layer, end to end).
+
+    A :class:`TransferProtocol` on the clip sets :class:`ProbeProtocol` uses (the world ego-motion task, or
+    class-per-folder video sets), with :class:`~stssl.modules.finetune.ClassificationTransfer` as the head: test
+    accuracy and mean per-class accuracy per fraction of labelled train clips; the curve is
+    ``finetune_efficiency.png``. ``freeze_encoder: true`` makes it a linear probe trained by SGD.
+
+    Args:
+        split ... num_workers: see :class:`TransferProtocol` (``size`` ``None`` keeps the videos' size).
+        step / train_root / test_root / clips_per_video: the clip sets, as :class:`ProbeProtocol`'s.
+        dropout: before the classifier.
+    """
+
+    name = "finetune"
+    metric, ylabel, curve_file = "acc", "test accuracy", "finetune_efficiency.png"
+
+    def __init__(
+        self,
+        split: WorldSplit | None = None,
+        size: tuple[int, int] | None = None,
+        clip_len: int = 8,
+        frame_stride: int = 2,
+        label_fractions: Sequence[float] = (0.1, 1.0),
+        max_steps: int = 300,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        encoder_lr_scale: float = 1.0,
+        weight_decay: float = 1e-4,
+        freeze_encoder: bool = False,
+        normalize: tuple[float, float] | None = None,
+        eval_every: int = 1,
+        seed: int = 0,
+        num_workers: int = 0,
+        step: int = 2,
+        train_root: str | None = None,
+        test_root: str | None = None,
+        clips_per_video: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        from stssl.eval.world_tasks import DEFAULT_TEST_SEEDS, DEFAULT_TRAIN_SEEDS
+
+        split = split or WorldSplit("driving", DEFAULT_TRAIN_SEEDS, DEFAULT_TEST_SEEDS, 200, 64, 192)
+        super().__init__(split, size, clip_len, frame_stride, label_fractions, max_steps, batch_size, lr,
+                         encoder_lr_scale, weight_decay, freeze_encoder, normalize, eval_every, seed, num_workers)
+        if (train_root is None) != (test_root is None):
+            raise ValueError(f"FinetuneProtocol: give both train_root and test_root or neither, got {train_root}, {test_root}")
+        self.step, self.train_root, self.test_root = int(step), train_root, test_root
+        self.clips_per_video, self.dropout = int(clips_per_video), float(dropout)
+        self._sets: tuple[Any, Any, list[str], dict[str, Any]] | None = None
+
+    def _all(self) -> tuple[Any, Any, list[str], dict[str, Any]]:
+        if self._sets is None:
+            self._sets = clip_classification_sets(
+                self.split, self.train_root, self.test_root, clip_len=self.clip_len, frame_stride=self.frame_stride,
+                step=self.step, size=self.size, clips_per_video=self.clips_per_video)
+        return self._sets
+
+    def data(self, split: str, fraction: float = 1.0) -> Any:
+        train, test, _, _ = self._all()
+        if split == "test":
+            return test
+        return Subset(train, [i for _, i in select_labelled([len(train)], fraction, seed=self.seed)])
+
+    def class_names(self, data: Any) -> list[str]:
+        return self._all()[2]
+
+    def describe(self, test: Any) -> dict[str, Any]:
+        return self._all()[3]
+
+    def make_model(self, encoder: Encoder, test: Any) -> Any:
+        from stssl.modules.finetune import ClassificationTransfer
+
+        names = self.class_names(test)
+        return ClassificationTransfer(encoder, len(names), class_names=names, dropout=self.dropout,
+                                      **self._head_kwargs())
 
 
 def plot_metric_curve(result: dict[str, Any], path: Path, names: Sequence[str], *, metric: str, ylabel: str) -> Path:

@@ -169,8 +169,8 @@ def test_segmentation_on_a_cityscapes_tree(tmp_path: Path, eval_trees) -> None:
     assert [out["scratch"][f]["labelled_frames"] for f in ("0.5", "1.0")] == [1, 2]
 
 
-def test_probe_on_class_folders(tmp_path: Path) -> None:
-    from stssl.eval.protocols import ProbeProtocol
+def _colour_class_folders(root: Path) -> None:
+    """Two classes of 16x16 clips, red-ish and blue-ish with noise; three videos per class and split."""
     from stssl.worlds.scene_io import write_video
 
     g = torch.Generator().manual_seed(0)
@@ -179,8 +179,14 @@ def test_probe_on_class_folders(tmp_path: Path) -> None:
             for i in range(3):
                 noise = (torch.rand(4, 16, 16, 3, generator=g) * 60).to(torch.uint8)
                 frames = noise + torch.tensor(colour).div(2).to(torch.uint8)
-                (tmp_path / split / f"class{c}").mkdir(parents=True, exist_ok=True)
-                write_video(tmp_path / split / f"class{c}" / f"v{i}.mp4", frames.numpy(), fps=10)
+                (root / split / f"class{c}").mkdir(parents=True, exist_ok=True)
+                write_video(root / split / f"class{c}" / f"v{i}.mp4", frames.numpy(), fps=10)
+
+
+def test_probe_on_class_folders(tmp_path: Path) -> None:
+    from stssl.eval.protocols import ProbeProtocol
+
+    _colour_class_folders(tmp_path)
     protocol = ProbeProtocol(train_root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), clip_len=2,
                              k=3, epochs=20)
     out = run_eval(protocol, encoder_name="r3d_tiny", output_dir=tmp_path / "run")
@@ -189,6 +195,41 @@ def test_probe_on_class_folders(tmp_path: Path) -> None:
     assert out["scratch"]["knn_acc"] == 1.0 and out["scratch"]["linear_acc"] == 1.0
     with pytest.raises(ValueError, match="both train_root and test_root"):
         ProbeProtocol(train_root=str(tmp_path / "train"))
+
+
+@pytest.mark.slow
+def test_finetune_on_class_folders_learns_and_counts_labels(tmp_path: Path) -> None:
+    from stssl.eval.protocols import FinetuneProtocol
+
+    _colour_class_folders(tmp_path)
+    protocol = FinetuneProtocol(train_root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), clip_len=2,
+                                clips_per_video=2, label_fractions=[0.5, 1.0], max_steps=25, batch_size=4, lr=3e-3)
+    out = run_eval(protocol, encoder_name="r3d_tiny", encoder_kwargs={"width": 4}, output_dir=tmp_path / "run")
+    assert out["protocol"] == "finetune" and out["classes"] == ["class0", "class1"] and out["test_frames"] == 12
+    assert [out["scratch"][f]["labelled_frames"] for f in ("0.5", "1.0")] == [6, 12]
+    assert out["scratch"]["1.0"]["acc"] == 1.0 and out["scratch"]["1.0"]["test_clips"] == 12
+    assert (tmp_path / "run" / "finetune_efficiency.png").is_file()
+
+
+def test_classification_transfer_frozen_and_metrics() -> None:
+    from stssl.modules.finetune import ClassificationTransfer
+
+    torch.manual_seed(0)
+    model = ClassificationTransfer(build_encoder("r3d_tiny", width=4), 3, freeze_encoder=True)
+    model.train()
+    assert not model.encoder.training
+    video, label = torch.rand(4, 3, 2, 16, 16), torch.tensor([0, 1, 2, 0])
+    torch.nn.functional.cross_entropy(model(video), label).backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+    # accuracy and mean per-class accuracy from the accumulated confusion matrix
+    model._confusion["test"] = torch.tensor([[2, 0, 0], [1, 1, 0], [0, 0, 0]])
+    from types import SimpleNamespace
+
+    model._trainer = SimpleNamespace(sanity_checking=False, strategy=SimpleNamespace(reduce=lambda x, reduce_op: x))
+    model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    model._eval_end("test")
+    assert model.last_metrics["acc"] == 0.75 and model.last_metrics["mean_class_acc"] == 0.75
 
 
 def test_world_propagation_objects_are_the_first_frame_classes_numbered_from_one(tmp_path: Path) -> None:
