@@ -2,17 +2,18 @@
 
 A protocol gets *encoder factories* — ``{"pretrained": make, "scratch": make}``, each call a fresh encoder (the
 checkpoint's weights, or a random init of the same architecture) — and a run directory for its plots and
-per-sample outputs. Protocols that train (segmentation) train one head per factory (and per label fraction), so
-pretrained and scratch see the same labels, steps and seeds.
+per-sample outputs. Protocols that train (:class:`TransferProtocol`: segmentation, detection, fine-tuning) train
+one head per factory and label fraction, so pretrained and scratch see the same labels, steps and seeds.
 
-- :class:`ProbeProtocol`: frozen kNN + linear probe on the world ego-motion task (:mod:`stssl.eval.world_tasks`).
+- :class:`ProbeProtocol`: frozen kNN + linear probe on the world ego-motion task (:mod:`stssl.eval.world_tasks`) or
+  class-per-folder video sets.
+- :class:`FinetuneProtocol`: full fine-tuning (encoder + linear layer) on the same clip sets at label fractions.
 - :class:`SegmentationProtocol`: semantic segmentation transfer (:class:`~stssl.modules.dense_transfer.
-  SegmentationTransfer`) on world scenes, at several label fractions: mIoU per fraction and the label-efficiency
-  curve (``label_efficiency.png``).
+  SegmentationTransfer`) on world scenes or a Cityscapes-style tree, at several label fractions: mIoU per fraction
+  and the label-efficiency curve (``label_efficiency.png``).
+- :class:`~stssl.eval.detection_protocol.DetectionProtocol`: FCOS on the encoder's pyramid, COCO mAP per fraction.
 - :class:`PropagationProtocol`: label propagation (DAVIS protocol, :func:`~stssl.eval.propagation.propagate_labels`)
-  of the first frame's semantic mask through held-out world sequences by frozen dense-feature affinity; J&F.
-- :class:`FinetuneProtocol`: full fine-tuning (encoder + linear layer) on the same clip sets at several label
-  fractions.
+  of the first frame's masks through DAVIS-2017 or held-out world sequences by frozen dense-feature affinity; J&F.
 - :class:`DepthPoseProtocol`: the depth (Eigen) and pose (ATE) metrics of a depth + ego-motion checkpoint on
   scene folders (the full trained module is needed, not only its encoder).
 
