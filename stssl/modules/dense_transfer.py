@@ -25,11 +25,65 @@ from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.eval.segmentation import SegmentationMeter
 from stssl.heads.dense import PyramidDecoder
+from stssl.types import EncoderOutput
 
-__all__ = ["SegmentationTransfer", "transfer_optimizer"]
+__all__ = ["SegmentationTransfer", "TransferModule", "transfer_optimizer"]
 
 
-class SegmentationTransfer(L.LightningModule):
+class TransferModule(L.LightningModule):
+    """What the transfer heads share: an encoder fine-tuned or frozen (evaluation mode, no gradients), input
+    scaling (uint8 / 255) and normalisation as in its pretraining, the optimizer (:func:`transfer_optimizer`),
+    and per-stage evaluation ends. Subclasses call ``super().__init__`` after ``save_hyperparameters`` inputs are
+    set, build their head and implement :meth:`_eval_end`.
+
+    Args:
+        encoder: any :class:`~stssl.encoders.Encoder`.
+        freeze_encoder: keep the encoder fixed.
+        normalize: ``(mean, std)`` applied to ``[0, 1]`` frames, or ``None``.
+    """
+
+    def __init__(self, encoder: Encoder, *, freeze_encoder: bool, normalize: tuple[float, float] | None) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if normalize is not None and (len(normalize) != 2 or float(normalize[1]) <= 0):
+            raise ValueError(f"{owner}: normalize must be (mean, std) with std > 0, got {normalize}")
+        self.encoder = encoder
+        self.freeze_encoder = bool(freeze_encoder)
+        self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        self.last_metrics: dict[str, Any] = {}
+
+    def train(self, mode: bool = True) -> TransferModule:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # a frozen encoder keeps its BatchNorm statistics
+        return self
+
+    def encode(self, video: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor]:
+        """The encoder's output for ``(B, 3, T, H, W)`` clips (uint8 or float ``[0, 1]``), and the scaled input."""
+        check_shape(video, "B 3 T H W", name=f"{type(self).__name__} video")
+        x = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
+        if self.normalize is not None:
+            x = (x - self.normalize[0]) / self.normalize[1]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            return self.encoder(x), x
+
+    def _eval_end(self, stage: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self):  # type: ignore[override]
+        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
+            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
+
+
+class SegmentationTransfer(TransferModule):
     """Encoder + :class:`~stssl.heads.dense.PyramidDecoder` segmenting the last frame of each clip.
 
     Args:
@@ -64,46 +118,24 @@ class SegmentationTransfer(L.LightningModule):
         dec_channels: Sequence[int] | None = None,
         max_steps: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder, freeze_encoder=freeze_encoder, normalize=normalize)
         if num_classes < 2:
             raise ValueError(f"SegmentationTransfer: num_classes must be >= 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"SegmentationTransfer: class_names has {len(class_names)} names for num_classes={num_classes}"
             )
-        if normalize is not None and (len(normalize) != 2 or float(normalize[1]) <= 0):
-            raise ValueError(f"SegmentationTransfer: normalize must be (mean, std) with std > 0, got {normalize}")
         self.save_hyperparameters(ignore=["encoder"])
-        self.encoder = encoder
         self.decoder = PyramidDecoder(encoder.spec.channels, out_channels=num_classes, dec_channels=dec_channels)
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-        self.freeze_encoder = bool(freeze_encoder)
         self.ignore_index = int(ignore_index)
-        self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
-        if self.freeze_encoder:
-            self.encoder.requires_grad_(False)
         self._meters: dict[str, SegmentationMeter] = {}
-        self.last_metrics: dict[str, Any] = {}
-
-    def train(self, mode: bool = True) -> SegmentationTransfer:
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()  # a frozen encoder keeps its BatchNorm statistics
-        return self
-
-    def _input(self, video: torch.Tensor) -> torch.Tensor:
-        check_shape(video, "B 3 T H W", name="SegmentationTransfer video")
-        x = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
-        if self.normalize is not None:
-            x = (x - self.normalize[0]) / self.normalize[1]
-        return x
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """``(B, K, H, W)`` class logits of the last frame of each ``(B, 3, T, H, W)`` clip."""
-        x = self._input(video)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            pyramid = self.encoder(x).pyramid
+        out, x = self.encode(video)
+        pyramid = out.pyramid
         last = [p[:, :, -1:] for p in pyramid]  # the labelled frame is the last: decode each stage's last step
         return self.decoder(last, (1, x.shape[-2], x.shape[-1]))[:, :, 0]
 
@@ -151,16 +183,6 @@ class SegmentationTransfer(L.LightningModule):
         for key in ("miou", "pixel_accuracy", "mean_accuracy"):
             self.log(f"{stage}/{key}", result[key])
         self.last_metrics = result
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def configure_optimizers(self):  # type: ignore[override]
-        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
-            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
 
 
 def transfer_optimizer(

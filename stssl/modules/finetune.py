@@ -9,21 +9,18 @@ random-init encoder.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
-from stssl.modules.dense_transfer import transfer_optimizer
+from stssl.modules.dense_transfer import TransferModule
 
 __all__ = ["ClassificationTransfer"]
 
 
-class ClassificationTransfer(L.LightningModule):
+class ClassificationTransfer(TransferModule):
     """Encoder + dropout + linear classifier on the pooled features of each clip.
 
     Args:
@@ -53,36 +50,18 @@ class ClassificationTransfer(L.LightningModule):
         dropout: float = 0.0,
         normalize: tuple[float, float] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder, freeze_encoder=freeze_encoder, normalize=normalize)
         if num_classes < 2:
             raise ValueError(f"ClassificationTransfer: num_classes must be >= 2, got {num_classes}")
         self.save_hyperparameters(ignore=["encoder"])
-        self.encoder = encoder
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.spec.dim, num_classes))
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-        self.freeze_encoder = bool(freeze_encoder)
-        self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
-        if self.freeze_encoder:
-            self.encoder.requires_grad_(False)
         self._confusion: dict[str, torch.Tensor] = {}
-        self.last_metrics: dict[str, Any] = {}
-
-    def train(self, mode: bool = True) -> ClassificationTransfer:
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()
-        return self
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` logits of ``(B, 3, T, H, W)`` clips (uint8 is divided by 255)."""
-        check_shape(video, "B 3 T H W", name="ClassificationTransfer video")
-        x = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
-        if self.normalize is not None:
-            x = (x - self.normalize[0]) / self.normalize[1]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            pooled = self.encoder(x).pooled
-        return self.head(pooled)
+        return self.head(self.encode(video)[0].pooled)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["video"])
@@ -119,13 +98,3 @@ class ClassificationTransfer(L.LightningModule):
         self.log(f"{stage}/acc", acc)
         self.log(f"{stage}/mean_class_acc", mean_class)
         self.last_metrics = {"acc": acc, "mean_class_acc": mean_class, "test_clips": int(confusion.sum())}
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def configure_optimizers(self):  # type: ignore[override]
-        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
-            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
