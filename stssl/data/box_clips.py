@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from stssl.data.labelled import load_scene_frames, select_labelled
+from stssl.data.labelled import clip_ending_at, load_scene_frames, pick_labelled
 
 __all__ = ["BoxClips", "collate_boxes", "scale_boxes"]
 
@@ -172,13 +172,11 @@ class BoxClips(Dataset):
             candidates.append([t for t in allowed if t >= span and t in per_frame])
             self.videos.append(video)
             self.targets.append(per_frame)
-        if sum(len(c) for c in candidates) == 0:
-            raise ValueError(
-                f"BoxClips: no box-labelled frame has {span} frames of context before it (clip_len={clip_len}, "
-                f"frame_stride={frame_stride}) in {[str(s) for s in self.scenes]}"
-            )
-        picked = select_labelled([len(c) for c in candidates], label_fraction, seed=seed)
-        self.items = [(s, candidates[s][i]) for s, i in picked]
+        self.items = pick_labelled(
+            "BoxClips", candidates, label_fraction, seed,
+            f"boxes and {span} frames of context before it (clip_len={clip_len}, frame_stride={frame_stride}) in "
+            f"{[str(s) for s in self.scenes]}",
+        )
         self.label_fraction = float(label_fraction)
 
     @property
@@ -200,10 +198,9 @@ class BoxClips(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene, t = self.items[index]
-        idx = [t - (self.clip_len - 1 - i) * self.frame_stride for i in range(self.clip_len)]
         target = self.targets[scene][t]
         return {
-            "video": self.videos[scene][idx].permute(1, 0, 2, 3),  # (3, T, H, W)
+            "video": clip_ending_at(self.videos[scene], t, self.clip_len, self.frame_stride),  # (3, T, H, W)
             "boxes": target["boxes"].clone(),
             "labels": target["labels"].clone(),
             "iscrowd": target["iscrowd"].clone(),

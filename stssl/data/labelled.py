@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["CityscapesClips", "SemanticClips", "load_scene_frames", "select_labelled"]
+__all__ = ["CityscapesClips", "SemanticClips", "clip_ending_at", "load_scene_frames", "pick_labelled", "select_labelled"]
 
 
 def load_scene_frames(
@@ -77,6 +77,27 @@ def select_labelled(counts: Sequence[int], fraction: float, *, seed: int = 0) ->
     starts = np.cumsum([0, *counts])
     scene = np.searchsorted(starts, flat, side="right") - 1
     return [(int(s), int(f - starts[s])) for s, f in zip(scene, flat, strict=True)]
+
+
+def pick_labelled(
+    owner: str, candidates: Sequence[Sequence[int]], fraction: float, seed: int, context: str
+) -> list[tuple[int, int]]:
+    """``(scene, frame)`` items: :func:`select_labelled` over each scene's candidate frames.
+
+    Raises:
+        ValueError: when no scene has a candidate, naming ``owner`` and the ``context`` that rules frames out.
+    """
+    if sum(len(c) for c in candidates) == 0:
+        raise ValueError(f"{owner}: no labelled frame has {context}")
+    picked = select_labelled([len(c) for c in candidates], fraction, seed=seed)
+    return [(s, candidates[s][i]) for s, i in picked]
+
+
+def clip_ending_at(video: torch.Tensor, t: int, clip_len: int, frame_stride: int) -> torch.Tensor:
+    """The ``(3, T, H, W)`` clip of ``clip_len`` frames ``frame_stride`` apart ending at frame ``t`` of a
+    ``(T_all, 3, H, W)`` scene."""
+    idx = [t - (clip_len - 1 - i) * frame_stride for i in range(clip_len)]
+    return video[idx].permute(1, 0, 2, 3)
 
 
 class SemanticClips(Dataset):
@@ -152,13 +173,11 @@ class SemanticClips(Dataset):
             candidates.append(cand)
             self.videos.append(video)
             self.masks.append(mask)
-        if sum(len(c) for c in candidates) == 0:
-            raise ValueError(
-                f"SemanticClips: no labelled frame has {span} frames of context before it (clip_len={clip_len}, "
-                f"frame_stride={frame_stride}) in {[str(s) for s in self.scenes]}"
-            )
-        picked = select_labelled([len(c) for c in candidates], label_fraction, seed=seed)
-        self.items = [(s, candidates[s][i]) for s, i in picked]
+        self.items = pick_labelled(
+            "SemanticClips", candidates, label_fraction, seed,
+            f"{span} frames of context before it (clip_len={clip_len}, frame_stride={frame_stride}) in "
+            f"{[str(s) for s in self.scenes]}",
+        )
         self.label_fraction = float(label_fraction)
 
     @property
@@ -170,8 +189,7 @@ class SemanticClips(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene, t = self.items[index]
-        idx = [t - (self.clip_len - 1 - i) * self.frame_stride for i in range(self.clip_len)]
-        video = self.videos[scene][idx].permute(1, 0, 2, 3)  # (3, T, H, W)
+        video = clip_ending_at(self.videos[scene], t, self.clip_len, self.frame_stride)
         return {"video": video, "mask": self.masks[scene][t], "scene": scene, "frame": t}
 
     def __repr__(self) -> str:
