@@ -80,11 +80,12 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=str)
 def test_each_cpu_config_trains_a_step_on_a_small_world(config: Path, small_world: Path, tmp_path: Path) -> None:
-    """Each tiny pretext config runs fit (2 train + 1 val batch) on a small world: its tasks log finite numbers."""
+    """Each tiny pretext config runs fit (2 train + 1 val batch) on a small world (36 frames: the longest clip,
+    12 frames at stride 3, spans 34): its tasks log finite numbers."""
     from stssl.cli import STSSLCLI
 
     cli = STSSLCLI(SSLModule, ClipDataModule, args=[
-        "fit", "--config", str(ROOT / config), "--data.world_frames=24", "--data.world_train_seeds=[0]",
+        "fit", "--config", str(ROOT / config), "--data.world_frames=36", "--data.world_train_seeds=[0]",
         "--data.world_val_seeds=[7]", "--data.world_size=[64,192]", "--data.size=[32,64]", "--data.batch_size=2",
         "--data.num_workers=0", f"--data.world_root={small_world}", f"--trainer.default_root_dir={tmp_path}",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
