@@ -10,23 +10,20 @@ from :func:`~stssl.losses.clustering.sinkhorn_knopp` over the batch, so every cl
 and each view predicts the codes of the others.
 
 - :class:`SeLaTask`: a linear clustering head (or several); pseudo-labels are the hard argmax of Sinkhorn codes
-  of the head's log-probabilities (SeLa's ``P^lambda`` with ``epsilon = 1 / lambda``), computed per batch (and
-  queue) rather than over the whole data set; cross-entropy of the other views' logits against them.
+  of the head's log-probabilities (SeLa's ``P^lambda`` with ``epsilon = 1 / lambda``), computed per batch rather than
+  over the whole data set; cross-entropy of the other views' logits against them.
 - :class:`SwAVTask`: L2-normalised embeddings against L2-normalised prototypes (re-normalised after every optimizer
-  step), soft Sinkhorn codes, :func:`~stssl.losses.clustering.swav_loss`; the prototypes can be frozen for the
-  first steps.
+  step), soft Sinkhorn codes, :func:`~stssl.losses.clustering.swav_loss`; an optional queue of past embeddings
+  joins the Sinkhorn problem (for small batches), and the prototypes can be frozen for the first steps.
 
-Both can keep a queue of past embeddings that joins the Sinkhorn problem (for small batches: the equipartition
-then holds over the queue and the batch together). The Sinkhorn problem is per process: under DDP the
-equipartition holds over each rank's batch (SwAV gathers the scores of all ranks; not done here). The queue is a
-buffer filled per rank: under DDP set
+The Sinkhorn problem is per process: under DDP the equipartition holds over each rank's batch (SwAV gathers the
+scores of all ranks; not done here). SwAV's queue is a buffer filled per rank: under DDP set
 ``DDPStrategy(broadcast_buffers=False)``, or rank 0's queue overwrites the others' before every forward.
 
 Logs, besides ``loss``: ``acc`` (how often a view's predicted cluster equals the other views' code), the collapse
 monitors ``clusters_used`` (distinct clusters among the argmax predictions of the batch's views) and
 ``max_cluster_frac`` (the largest cluster's share of them; :func:`~stssl.tasks.common.cluster_occupancy`), and
-``z_std`` (:func:`~stssl.tasks.common.embedding_std` of the embeddings across the batch, per view) and
-``queue_active``.
+``z_std`` (:func:`~stssl.tasks.common.embedding_std` of the embeddings across the batch, per view).
 """
 
 from __future__ import annotations
@@ -84,11 +81,6 @@ class _ViewClusterTask(ViewTask):
     """Shared parts of SeLa and SwAV: the views (:class:`~stssl.tasks.instance.ViewTask`), their pooled encoding,
     the projection MLP and the logs."""
 
-    queue: torch.Tensor
-    queue_filled: torch.Tensor
-    queue_ptr: torch.Tensor
-    steps: torch.Tensor
-
     def __init__(
         self,
         views: TemporalViews | None,
@@ -96,8 +88,6 @@ class _ViewClusterTask(ViewTask):
         pool_grid: tuple[int, int],
         dim: int,
         hidden: int,
-        queue_size: int,
-        queue_start_step: int,
         weight: float,
         name: str | None,
         seed: int,
@@ -108,20 +98,10 @@ class _ViewClusterTask(ViewTask):
             raise ValueError(
                 f"{owner}: need num_clusters >= 2, dim >= 1 and hidden >= 1, got {num_clusters}, {dim}, {hidden}"
             )
-        if queue_size < 0 or queue_start_step < 0:
-            raise ValueError(
-                f"{owner}: queue_size and queue_start_step must be >= 0, got {queue_size}, {queue_start_step}"
-            )
         self.num_clusters = int(num_clusters)
         self.pool_grid = check_pool_grid(owner, pool_grid)
         self.dim = int(dim)
         self.hidden = int(hidden)
-        self.queue_size = int(queue_size)
-        self.queue_start_step = int(queue_start_step)
-        self.register_buffer("queue", torch.zeros(self.views.num_views, self.queue_size, self.dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.projection: nn.Module | None = None
 
     def build(self, spec: EncoderSpec) -> None:
@@ -135,43 +115,12 @@ class _ViewClusterTask(ViewTask):
         vb = self._cut(batch, generator)
         return self.projection(encode_views(encoder, vb.views, self.pool_grid))
 
-    def on_optimizer_step(self, encoder: Encoder) -> None:
-        """Count the step (training mode only)."""
-        if self.training:
-            self.steps += 1
-
-    @property
-    def queue_active(self) -> bool:
-        """Whether the queue joins the Sinkhorn problem now: enabled, started and full."""
-        return self.queue_size > 0 and int(self.steps) >= self.queue_start_step and int(self.queue_filled) >= self.queue_size
-
-    @torch.no_grad()
-    def _enqueue(self, z: torch.Tensor) -> None:
-        """Write ``(V, B, D)`` embeddings over the oldest queue entries."""
-        B = z.shape[1]
-        index = (int(self.queue_ptr) + torch.arange(B, device=z.device)) % self.queue_size
-        if B > self.queue_size:
-            z, index = z[:, -self.queue_size :], index[-self.queue_size :]
-        self.queue[:, index] = z.detach().to(self.queue)
-        self.queue_ptr.fill_((int(self.queue_ptr) + B) % self.queue_size)
-        self.queue_filled.fill_(min(int(self.queue_filled) + B, self.queue_size))
-
-    def _with_queue(self, view: int, scores: torch.Tensor, score_fn) -> torch.Tensor:
-        """``(B, K)`` detached scores of one view, preceded by the queue's scores ``score_fn(queue rows)`` when the
-        queue is active (the Sinkhorn problem then spans ``queue_size + B`` rows)."""
-        s = scores.detach()
-        if self.queue_active:
-            with torch.no_grad():
-                s = torch.cat([score_fn(self.queue[view]).to(s), s])
-        return s
-
     def _logs(self, loss: torch.Tensor, z: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> dict:
         """``scores`` ``(V, B, K)`` predictions, ``labels`` ``(V, B)`` the code of each view."""
         pred = scores.detach().argmax(dim=-1)  # (V, B)
         logs = {"loss": loss.detach(), "acc": cross_view_agreement(labels, pred),
                 **cluster_occupancy(pred, self.num_clusters)}
         log_embedding_std(logs, "z_std", z)
-        logs["queue_active"] = z.new_tensor(float(self.queue_active))
         return logs
 
 
@@ -189,11 +138,6 @@ class SeLaTask(_ViewClusterTask):
         epsilon: Sinkhorn regularisation ``1 / lambda`` (SeLa: ``lambda = 25``).
         sinkhorn_iterations: Sinkhorn rounds.
         hard: hard pseudo-labels (SeLa) or the soft codes.
-        queue_size, queue_start_step: an optional queue of the last ``queue_size`` embeddings of each view
-            (detached), used from step ``queue_start_step`` on once full: their head logits join the batch's in the
-            Sinkhorn problem, so the equipartition holds over ``queue_size + B`` clips and a batch's labels follow
-            the head instead of being spread over the clusters (with ``B`` close to ``K``, a per-batch
-            equipartition hands out nearly arbitrary labels). SeLa proper equipartitions the whole data set.
         pool_grid: ``(h, w)`` cells kept from each view's dense map.
         dim: width of the features the heads see; ``hidden``: of the projection MLP.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
@@ -205,7 +149,7 @@ class SeLaTask(_ViewClusterTask):
         >>> task.build(enc.spec)
         >>> out = task({"video": torch.rand(4, 3, 4, 32, 32)}, enc, torch.Generator().manual_seed(0))
         >>> sorted(out.logs)
-        ['acc', 'clusters_used', 'loss', 'max_cluster_frac', 'queue_active', 'z_std']
+        ['acc', 'clusters_used', 'loss', 'max_cluster_frac', 'z_std']
     """
 
     default_name = "sela"
@@ -218,8 +162,6 @@ class SeLaTask(_ViewClusterTask):
         epsilon: float = 0.04,
         sinkhorn_iterations: int = 10,
         hard: bool = True,
-        queue_size: int = 0,
-        queue_start_step: int = 0,
         pool_grid: tuple[int, int] = (1, 1),
         dim: int = 128,
         hidden: int = 256,
@@ -227,7 +169,7 @@ class SeLaTask(_ViewClusterTask):
         name: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(views, num_clusters, pool_grid, dim, hidden, queue_size, queue_start_step, weight, name, seed)
+        super().__init__(views, num_clusters, pool_grid, dim, hidden, weight, name, seed)
         if num_heads < 1 or not epsilon > 0 or sinkhorn_iterations < 1:
             raise ValueError(
                 f"SeLaTask: need num_heads >= 1, epsilon > 0 and sinkhorn_iterations >= 1, got {num_heads}, "
@@ -250,22 +192,16 @@ class SeLaTask(_ViewClusterTask):
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
         z = self.embed_views(batch, encoder, generator)  # (V, B, D)
         losses, first_logits, first_labels = [], None, None
-        B = z.shape[1]
         for head in self.heads:
             logits = head(z).float()  # (V, B, K)
-            codes, labels = zip(*(
-                sela_pseudo_labels(self._with_queue(v, lv, lambda q, h=head: h(q).float()), self.epsilon,
-                                   self.sinkhorn_iterations)
-                for v, lv in enumerate(logits)
-            ), strict=True)
-            label_t = torch.stack([lab[-B:] for lab in labels])  # (V, B): the batch's rows
-            targets = F.one_hot(label_t, self.num_clusters).float() if self.hard else torch.stack([c[-B:] for c in codes])
+            codes, labels = zip(*(sela_pseudo_labels(lv, self.epsilon, self.sinkhorn_iterations) for lv in logits),
+                                strict=True)
+            label_t = torch.stack(labels)  # (V, B)
+            targets = F.one_hot(label_t, self.num_clusters).float() if self.hard else torch.stack(codes)
             losses.append(cross_view_cross_entropy(targets, F.log_softmax(logits, dim=-1)))
             if first_logits is None:
                 first_logits, first_labels = logits, label_t
         loss = torch.stack(losses).mean()
-        if self.training and self.queue_size > 0:
-            self._enqueue(z)
         assert first_logits is not None and first_labels is not None
         return TaskOutput(loss=loss, logs=self._logs(loss, z, first_logits, first_labels))
 
@@ -309,6 +245,10 @@ class SwAVTask(_ViewClusterTask):
     """
 
     default_name = "swav"
+    queue: torch.Tensor
+    queue_filled: torch.Tensor
+    queue_ptr: torch.Tensor
+    steps: torch.Tensor
 
     def __init__(
         self,
@@ -327,18 +267,27 @@ class SwAVTask(_ViewClusterTask):
         name: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(views, num_clusters, pool_grid, dim, hidden, queue_size, queue_start_step, weight, name, seed)
+        super().__init__(views, num_clusters, pool_grid, dim, hidden, weight, name, seed)
         if not temperature > 0 or not epsilon > 0 or sinkhorn_iterations < 1:
             raise ValueError(
                 f"SwAVTask: need temperature > 0, epsilon > 0 and sinkhorn_iterations >= 1, got {temperature}, "
                 f"{epsilon}, {sinkhorn_iterations}"
             )
-        if freeze_prototypes_steps < 0:
-            raise ValueError(f"SwAVTask: freeze_prototypes_steps must be >= 0, got {freeze_prototypes_steps}")
+        if queue_size < 0 or queue_start_step < 0 or freeze_prototypes_steps < 0:
+            raise ValueError(
+                f"SwAVTask: queue_size, queue_start_step and freeze_prototypes_steps must be >= 0, got {queue_size}, "
+                f"{queue_start_step}, {freeze_prototypes_steps}"
+            )
         self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
+        self.queue_size = int(queue_size)
+        self.queue_start_step = int(queue_start_step)
         self.freeze_prototypes_steps = int(freeze_prototypes_steps)
+        self.register_buffer("queue", torch.zeros(self.views.num_views, self.queue_size, self.dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.prototypes: nn.Linear | None = None
 
     def build(self, spec: EncoderSpec) -> None:
@@ -356,17 +305,35 @@ class SwAVTask(_ViewClusterTask):
         """Re-normalise the prototypes and count the step (training mode only)."""
         if self.training:
             self.normalize_prototypes()
-        super().on_optimizer_step(encoder)
+            self.steps += 1
+
+    @property
+    def queue_active(self) -> bool:
+        """Whether the queue joins the Sinkhorn problem now: enabled, started and full."""
+        return self.queue_size > 0 and int(self.steps) >= self.queue_start_step and int(self.queue_filled) >= self.queue_size
+
+    @torch.no_grad()
+    def _enqueue(self, z: torch.Tensor) -> None:
+        """Write ``(V, B, D)`` normalised embeddings over the oldest queue entries."""
+        B = z.shape[1]
+        index = (int(self.queue_ptr) + torch.arange(B, device=z.device)) % self.queue_size
+        if B > self.queue_size:
+            z, index = z[:, -self.queue_size :], index[-self.queue_size :]
+        self.queue[:, index] = z.detach().to(self.queue)
+        self.queue_ptr.fill_((int(self.queue_ptr) + B) % self.queue_size)
+        self.queue_filled.fill_(min(int(self.queue_filled) + B, self.queue_size))
 
     def codes(self, scores: torch.Tensor) -> torch.Tensor:
         """Sinkhorn codes ``(V, B, K)`` of ``(V, B, K)`` scores (with the queue's scores when it is active)."""
         assert self.prototypes is not None
-        prototypes = self.prototypes.weight.detach()
-        return torch.stack([
-            sinkhorn_knopp(self._with_queue(v, scores[v], lambda q: q @ prototypes.T), self.epsilon,
-                           self.sinkhorn_iterations)[-scores.shape[1]:]
-            for v in range(scores.shape[0])
-        ])
+        out = []
+        for v in range(scores.shape[0]):
+            s = scores[v].detach()
+            if self.queue_active:
+                q_scores = self.queue[v] @ self.prototypes.weight.detach().T
+                s = torch.cat([q_scores.to(s), s])
+            out.append(sinkhorn_knopp(s, self.epsilon, self.sinkhorn_iterations)[-scores.shape[1] :])
+        return torch.stack(out)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.prototypes is None:
@@ -380,4 +347,6 @@ class SwAVTask(_ViewClusterTask):
         loss = swav_loss(scores, codes, self.temperature)
         if self.training and self.queue_size > 0:
             self._enqueue(z)
-        return TaskOutput(loss=loss, logs=self._logs(loss, z, scores, codes.argmax(dim=-1)))
+        logs = self._logs(loss, z, scores, codes.argmax(dim=-1))
+        logs["queue_active"] = z.new_tensor(float(self.queue_active))
+        return TaskOutput(loss=loss, logs=logs)

@@ -156,38 +156,6 @@ def test_sela_gradients_heads_and_determinism(tiny_video) -> None:
         SeLaTask(TemporalViews(num_views=1))
 
 
-def test_sela_queue_joins_the_sinkhorn_problem_and_only_training_writes_it(tiny_video) -> None:
-    """With the queue full, a batch's pseudo-labels are the last B rows of the Sinkhorn codes over [queue; batch]:
-    a batch whose clips all prefer one cluster keeps it (a per-batch equipartition would spread them)."""
-    enc, task = _built(SeLaTask(_views(), num_clusters=2, queue_size=4, epsilon=0.5, sinkhorn_iterations=50,
-                                **SMALL))
-    task.eval()
-    with torch.no_grad():
-        task({"video": tiny_video}, enc)
-    assert int(task.queue_filled) == 0 and not task.queue.any()  # validation leaves it alone
-    task.train()
-    for _ in range(2):  # 2 x B=2 clips fill the queue of 4
-        assert not task.queue_active
-        task({"video": tiny_video}, enc)
-    assert task.queue_active
-    assert task.heads is not None
-    head = task.heads[0]
-    # a batch (2 clips) that prefers cluster 0 next to a queue the (zeroed) head is indifferent about
-    with torch.no_grad():
-        head[1].weight.zero_()
-        head[1].bias.zero_()
-        task.queue.copy_(torch.randn_like(task.queue))
-        queue_logits = head(task.queue[0])
-    batch_logits = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
-    joined = task._with_queue(0, batch_logits, lambda q: head(q))
-    torch.testing.assert_close(joined[:4], queue_logits)  # the queue's rows come first
-    _, labels = sela_pseudo_labels(joined, epsilon=0.5, iterations=50)
-    assert labels[-2:].tolist() == [0, 0]  # the batch keeps its preference: the queue takes the other cluster
-    assert sela_pseudo_labels(batch_logits, epsilon=0.5, iterations=50)[1].tolist() == [0, 1]  # per batch: spread
-    with pytest.raises(ValueError, match="queue_size and queue_start_step must be >= 0"):
-        SeLaTask(queue_size=-1)
-
-
 @pytest.mark.slow
 def test_sela_learns_on_temporal_views_without_collapse() -> None:
     torch.manual_seed(0)
