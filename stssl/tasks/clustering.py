@@ -10,8 +10,9 @@ from :func:`~stssl.losses.clustering.sinkhorn_knopp` over the batch, so every cl
 and each view predicts the codes of the others.
 
 - :class:`SeLaTask`: a linear clustering head (or several); pseudo-labels are the hard argmax of Sinkhorn codes
-  of the head's log-probabilities (SeLa's ``P^lambda`` with ``epsilon = 1 / lambda``), computed per batch rather than
-  over the whole data set; cross-entropy of the other views' logits against them.
+  of the head's log-probabilities (SeLa's ``P^lambda`` with ``epsilon = 1 / lambda``), computed per batch (online:
+  cross-entropy of the other views' logits against them) or over a memory of the whole data set's items
+  (``memory_size``: SeLa proper, labels fixed between relabellings).
 - :class:`SwAVTask`: L2-normalised embeddings against L2-normalised prototypes (re-normalised after every optimizer
   step), soft Sinkhorn codes, :func:`~stssl.losses.clustering.swav_loss`; an optional queue of past embeddings
   joins the Sinkhorn problem (for small batches), and the prototypes can be frozen for the first steps.
@@ -28,6 +29,8 @@ monitors ``clusters_used`` (distinct clusters among the argmax predictions of th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,11 +39,13 @@ from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
 from stssl.losses.clustering import sinkhorn_knopp, swav_loss
 from stssl.losses.contrastive import cross_view_cross_entropy
+from stssl.tasks.base import TaskRequirements
 from stssl.tasks.common import (
     check_pool_grid,
     cluster_occupancy,
     cross_view_agreement,
     log_embedding_std,
+    memory_index,
     mlp_head,
     pooled_dim,
 )
@@ -125,11 +130,22 @@ class _ViewClusterTask(ViewTask):
 
 
 class SeLaTask(_ViewClusterTask):
-    """Online SeLa: each view predicts the equipartitioned pseudo-labels of the other views.
+    """SeLa: every view predicts equipartitioned pseudo-labels, per batch (online) or per item of the data set.
 
-    Per batch and per head, the logits of every view give Sinkhorn codes over the batch (:func:`sela_pseudo_labels`);
-    the labels (hard argmax, or the soft codes with ``hard=False``) of view ``i`` are the cross-entropy targets of
-    the logits of every view ``j != i``. SeLa's multiple clustering heads (``num_heads``) are averaged.
+    Online (``memory_size=0``): per batch and per head, the logits of every view give Sinkhorn codes over the batch
+    (:func:`sela_pseudo_labels`); the labels (hard argmax, or the soft codes with ``hard=False``) of view ``i`` are
+    the cross-entropy targets of the logits of every view ``j != i``. With a batch not much larger than ``K`` the
+    equipartition hands out nearly arbitrary labels, and the predictions drift towards a few clusters.
+
+    Data set (``memory_size > 0``, SeLa proper; needs ``batch["index"]``): a memory holds each item's
+    log-probabilities (per head, averaged over its views, written at ``batch["index"]`` in training); every
+    ``relabel_every`` epochs' worth of training calls, and whenever the batch holds an item never labelled,
+    :meth:`relabel` solves SeLa's label step over all written rows (Sinkhorn, equal mass per cluster over the data
+    seen) and fixes the items' hard labels until the next relabelling; every view of an item is trained to predict
+    its label. Validation uses the online rule (its items are not in the memory). Under DDP the memory is per rank
+    (see :class:`~stssl.tasks.deepcluster.DeepClusterTask` for what broadcast buffers do).
+
+    SeLa's multiple clustering heads (``num_heads``) are averaged.
 
     Args:
         views: the temporal views (see :class:`~stssl.tasks.instance.ViewTask`; ``None``: 2 views of 8 frames).
@@ -137,10 +153,16 @@ class SeLaTask(_ViewClusterTask):
         num_heads: independent clustering heads.
         epsilon: Sinkhorn regularisation ``1 / lambda`` (SeLa: ``lambda = 25``).
         sinkhorn_iterations: Sinkhorn rounds.
-        hard: hard pseudo-labels (SeLa) or the soft codes.
+        hard: hard pseudo-labels (SeLa) or the soft codes (online only).
+        memory_size: rows of the data-set memory, at least the number of training items (0: online).
+        relabel_every: epochs between relabellings of the memory.
+        steps_per_epoch: training calls per epoch; None: ``ceil(memory_size / B)``.
         pool_grid: ``(h, w)`` cells kept from each view's dense map.
         dim: width of the features the heads see; ``hidden``: of the projection MLP.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
+
+    Logs (besides those of the module docstring), with the memory: ``label_clusters_used`` and
+    ``label_max_cluster_frac`` of the memory's labels (head 0) and ``relabels``.
 
     Example:
         >>> from stssl.encoders.resnet3d import r3d_tiny
@@ -153,6 +175,12 @@ class SeLaTask(_ViewClusterTask):
     """
 
     default_name = "sela"
+    memory: torch.Tensor
+    seen: torch.Tensor
+    labels: torch.Tensor
+    steps: torch.Tensor
+    last_relabel: torch.Tensor
+    relabels: torch.Tensor
 
     def __init__(
         self,
@@ -162,6 +190,9 @@ class SeLaTask(_ViewClusterTask):
         epsilon: float = 0.04,
         sinkhorn_iterations: int = 10,
         hard: bool = True,
+        memory_size: int = 0,
+        relabel_every: int = 1,
+        steps_per_epoch: int | None = None,
         pool_grid: tuple[int, int] = (1, 1),
         dim: int = 128,
         hidden: int = 256,
@@ -175,11 +206,32 @@ class SeLaTask(_ViewClusterTask):
                 f"SeLaTask: need num_heads >= 1, epsilon > 0 and sinkhorn_iterations >= 1, got {num_heads}, "
                 f"{epsilon}, {sinkhorn_iterations}"
             )
+        if memory_size < 0 or relabel_every < 1 or (steps_per_epoch is not None and steps_per_epoch < 1):
+            raise ValueError(
+                f"SeLaTask: need memory_size >= 0, relabel_every >= 1 and steps_per_epoch >= 1 or None, got "
+                f"{memory_size}, {relabel_every}, {steps_per_epoch}"
+            )
+        if memory_size and not hard:
+            raise ValueError("SeLaTask: the data-set labels (memory_size > 0) are hard; set hard=True or memory_size=0")
         self.num_heads = int(num_heads)
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.hard = bool(hard)
+        self.memory_size = int(memory_size)
+        self.relabel_every = int(relabel_every)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        n, h = self.memory_size, self.num_heads
+        self.register_buffer("memory", torch.zeros(n, h, self.num_clusters))
+        self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("labels", torch.full((n, h), -1, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_relabel", torch.zeros((), dtype=torch.long))
+        self.register_buffer("relabels", torch.zeros((), dtype=torch.long))
         self.heads: nn.ModuleList | None = None
+
+    @property
+    def requires(self) -> TaskRequirements:
+        return TaskRequirements(min_frames=self.views.min_frames, index=self.memory_size > 0)
 
     def build(self, spec: EncoderSpec) -> None:
         super().build(spec)
@@ -187,23 +239,61 @@ class SeLaTask(_ViewClusterTask):
             nn.Sequential(nn.ReLU(), nn.Linear(self.dim, self.num_clusters)) for _ in range(self.num_heads)
         )
 
+    def relabel_interval(self, batch_size: int) -> int:
+        """Training calls between relabellings of the memory for batches of ``batch_size`` clips."""
+        per_epoch = self.steps_per_epoch or math.ceil(self.memory_size / max(1, batch_size))
+        return self.relabel_every * per_epoch
+
+    @torch.no_grad()
+    def relabel(self) -> None:
+        """SeLa's label step over the memory: per head, the hard argmax of the Sinkhorn codes of every written row's
+        log-probabilities (equal cluster mass over the rows)."""
+        rows = torch.nonzero(self.seen).flatten()
+        for h in range(self.num_heads):
+            codes = sinkhorn_knopp(self.memory[rows, h], self.epsilon, self.sinkhorn_iterations)
+            self.labels[rows, h] = codes.argmax(dim=1)
+        self.relabels += 1
+        self.last_relabel.copy_(self.steps)
+
+    @torch.no_grad()
+    def _memory_targets(self, batch: dict, logits: torch.Tensor) -> torch.Tensor:
+        """Write the batch's log-probabilities ``(H, V, B, K)`` (averaged over views) at ``batch["index"]``, relabel
+        when due, and return the items' labels ``(H, B)``."""
+        index = memory_index("SeLaTask", batch, self.memory_size, logits.device)
+        self.memory[index] = F.log_softmax(logits, dim=-1).mean(dim=1).transpose(0, 1).to(self.memory)
+        self.seen[index] = True
+        unlabelled = bool((self.labels[index, 0] < 0).any())
+        if unlabelled or int(self.steps) - int(self.last_relabel) >= self.relabel_interval(logits.shape[2]):
+            self.relabel()
+        self.steps += 1
+        return self.labels[index].transpose(0, 1)
+
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
         if self.heads is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
         z = self.embed_views(batch, encoder, generator)  # (V, B, D)
-        losses, first_logits, first_labels = [], None, None
-        for head in self.heads:
-            logits = head(z).float()  # (V, B, K)
-            codes, labels = zip(*(sela_pseudo_labels(lv, self.epsilon, self.sinkhorn_iterations) for lv in logits),
+        logits = torch.stack([head(z).float() for head in self.heads])  # (H, V, B, K)
+        if self.memory_size and self.training:
+            items = self._memory_targets(batch, logits.detach())  # (H, B)
+            label_t = items[:, None].expand(-1, logits.shape[1], -1)  # (H, V, B): every view predicts its item's label
+            log_p = F.log_softmax(logits, dim=-1)
+            loss = -log_p.gather(-1, label_t[..., None]).mean()
+            logs = self._logs(loss, z, logits[0], label_t[0])
+            memory_occupancy = cluster_occupancy(self.labels[self.seen, 0], self.num_clusters)
+            logs.update({f"label_{k}": v for k, v in memory_occupancy.items()})
+            logs["relabels"] = self.relabels.float()
+            return TaskOutput(loss=loss, logs=logs)
+        losses, labels_first = [], None
+        for head_logits in logits:  # (V, B, K)
+            codes, labels = zip(*(sela_pseudo_labels(lv, self.epsilon, self.sinkhorn_iterations) for lv in head_logits),
                                 strict=True)
             label_t = torch.stack(labels)  # (V, B)
             targets = F.one_hot(label_t, self.num_clusters).float() if self.hard else torch.stack(codes)
-            losses.append(cross_view_cross_entropy(targets, F.log_softmax(logits, dim=-1)))
-            if first_logits is None:
-                first_logits, first_labels = logits, label_t
+            losses.append(cross_view_cross_entropy(targets, F.log_softmax(head_logits, dim=-1)))
+            labels_first = label_t if labels_first is None else labels_first
         loss = torch.stack(losses).mean()
-        assert first_logits is not None and first_labels is not None
-        return TaskOutput(loss=loss, logs=self._logs(loss, z, first_logits, first_labels))
+        assert labels_first is not None
+        return TaskOutput(loss=loss, logs=self._logs(loss, z, logits[0], labels_first))
 
 
 class SwAVTask(_ViewClusterTask):

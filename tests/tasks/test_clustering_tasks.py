@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from stssl.encoders.resnet3d import r3d_tiny
-from stssl.losses.clustering import inverse_size_weights
+from stssl.losses.clustering import inverse_size_weights, sinkhorn_knopp
 from stssl.tasks.clustering import SeLaTask, SwAVTask, sela_pseudo_labels
 from stssl.tasks.common import cluster_occupancy
 from stssl.tasks.deepcluster import DeepClusterTask, nearest_centroid
@@ -167,6 +167,77 @@ def test_sela_learns_on_temporal_views_without_collapse() -> None:
     first, last = _mean(history[:5]), _mean(history[-5:])
     assert last["loss"] < 0.3 * first["loss"] and last["acc"] > 0.8, (first, last)
     assert last["clusters_used"] >= 3 and last["max_cluster_frac"] <= 0.4 and last["z_std"] > 0.1, last
+
+
+def _sela_memory(**kwargs):
+    return _built(SeLaTask(_views(), **{"num_clusters": 2, "num_heads": 2, "memory_size": 6, "epsilon": 0.5,
+                                        "sinkhorn_iterations": 50, **SMALL, **kwargs}))
+
+
+def test_sela_memory_labels_are_the_sinkhorn_argmax_over_the_data_set(tiny_video) -> None:
+    enc, task = _sela_memory(steps_per_epoch=3)
+    assert task.requires.index and not SeLaTask().requires.index
+    out = task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, torch.Generator().manual_seed(0))
+    assert int(task.relabels) == 1 and task.seen.tolist() == [True, True, False, False, False, False]
+    for h in range(2):  # the label step: Sinkhorn of the written rows' log-probabilities, argmax
+        expected = sinkhorn_knopp(task.memory[:2, h], 0.5, 50).argmax(dim=1)
+        assert task.labels[:2, h].tolist() == expected.tolist()
+    assert (task.labels[2:] == -1).all()
+    assert {"relabels", "label_clusters_used", "label_max_cluster_frac"} <= set(out.logs)
+    out.loss.backward()
+    for name, param in list(enc.named_parameters()) + list(task.named_parameters()):
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
+
+
+def test_sela_memory_relabels_on_schedule_and_for_new_items(tiny_video) -> None:
+    enc, task = _sela_memory(steps_per_epoch=3, relabel_every=1)
+    g = torch.Generator().manual_seed(0)
+    task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, g)  # step 0: first labels
+    task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, g)  # step 1: labelled items, not due
+    assert int(task.relabels) == 1
+    task({"video": tiny_video, "index": torch.tensor([2, 3])}, enc, g)  # step 2: new items are labelled at once
+    assert int(task.relabels) == 2 and (task.labels[:4] >= 0).all()
+    kept = task.labels.clone()
+    with torch.no_grad():
+        task.memory[:4] = torch.randn(4, 2, 2, generator=g)  # what the next relabelling will see
+    task({"video": tiny_video, "index": torch.tensor([2, 3])}, enc, g)  # step 3: not due (1 step since)
+    assert int(task.relabels) == 2 and torch.equal(task.labels[:2], kept[:2])  # items 0, 1 keep their labels
+    task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, g)
+    task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, g)  # step 5: 3 steps after the last: due
+    assert int(task.relabels) == 3
+    # validation writes nothing and uses the per-batch rule
+    task.eval()
+    before = task.memory.clone()
+    with torch.no_grad():
+        out = task({"video": tiny_video}, enc, torch.Generator().manual_seed(1))
+    assert torch.equal(task.memory, before) and int(task.relabels) == 3 and torch.isfinite(out.loss)
+
+
+def test_sela_memory_errors_name_the_problem(tiny_video) -> None:
+    enc, task = _sela_memory()
+    with pytest.raises(ValueError, match="SeLaTask"):
+        task({"video": tiny_video, "index": torch.tensor([0, 6])}, enc)  # row 6 of a 6-row memory
+    with pytest.raises(ValueError, match="set hard=True or memory_size=0"):
+        SeLaTask(memory_size=4, hard=False)
+    with pytest.raises(ValueError, match="memory_size >= 0, relabel_every >= 1"):
+        SeLaTask(memory_size=4, relabel_every=0)
+
+
+@pytest.mark.slow
+def test_sela_memory_learns_the_data_set_labels_without_collapse() -> None:
+    """8 sliding textures as 8 items, 4 clusters, relabelled every 4 steps: the labels stay equipartitioned over
+    the data set (2 each), and the views learn to predict them (accuracy far above chance 1/4), spread over the
+    clusters."""
+    torch.manual_seed(0)
+    enc = r3d_tiny(width=8)
+    task = SeLaTask(_views(view_len=4, augment=False), num_clusters=4, memory_size=8, steps_per_epoch=4, dim=16,
+                    hidden=32, epsilon=0.1, sinkhorn_iterations=50)
+    task.build(enc.spec)
+    video = textures(8, 8, generator=torch.Generator().manual_seed(0))
+    history = _train(task, enc, video, steps=60, batch=4, lr=3e-3)
+    last = _mean(history[-8:])  # (seeds 0-2: acc 0.78, 2.9-3.6 of the 4 clusters predicted in a batch of 8 views)
+    assert last["acc"] > 0.6 and last["clusters_used"] >= 2.5 and last["max_cluster_frac"] <= 0.6, last
+    assert last["label_clusters_used"] == 4 and last["label_max_cluster_frac"] <= 0.375, last
 
 
 # -- DeepCluster ----------------------------------------------------------------------------------------------------
