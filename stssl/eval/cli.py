@@ -67,6 +67,16 @@ def _factories(
     return factories
 
 
+def _architecture(factories: dict[str, Any]) -> str | None:
+    """What the scored encoders are, e.g. ``"ResNet3D, 1.23M parameters, dim 128"`` (None without encoders): the
+    ``pretrained`` and ``scratch`` rows of one architecture share it, so result tables can pair them."""
+    if not factories:
+        return None
+    encoder = next(iter(factories.values()))()
+    params = sum(p.numel() for p in encoder.parameters())
+    return f"{type(encoder).__name__}, {params / 1e6:.2f}M parameters, dim {encoder.spec.dim}"
+
+
 def run_eval(
     protocol: Any,
     *,
@@ -116,6 +126,7 @@ def run_eval(
         "protocol": protocol.name,
         "checkpoint": checkpoint,
         "encoder": encoder_name,
+        "architecture": _architecture(factories),
         "seed": seed,
         "wall_s": round(time.perf_counter() - started, 1),
         **result,

@@ -108,6 +108,9 @@ def test_cli_runs_the_propagation_config(tmp_path: Path) -> None:
     assert metrics["protocol"] == "propagation" and set(metrics["scratch"]) == {"J", "F", "JF"}
     assert 0.0 < metrics["scratch"]["J"] <= 1.0
     assert (tmp_path / "run" / "config.yaml").is_file()
+    enc = build_encoder("resnet18_2d_tiny")
+    params = sum(p.numel() for p in enc.parameters())
+    assert metrics["architecture"] == f"FrameEncoder2D, {params / 1e6:.2f}M parameters, dim {enc.spec.dim}"
 
 
 def test_propagation_of_the_ground_truth_itself_is_perfect(tmp_path: Path) -> None:

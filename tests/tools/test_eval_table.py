@@ -1,0 +1,91 @@
+"""tools/eval_table.py: stssl-eval results of many checkpoints -> one table."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCH = "ResNet3D, 0.12M parameters, dim 128"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("eval_table", ROOT / "tools" / "eval_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(root: Path, name: str, protocol: str, checkpoint: str | None, pretrained: dict, scratch: dict | None = None,
+         architecture: str | None = ARCH) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    metrics = {"protocol": protocol, "checkpoint": checkpoint, "architecture": architecture, "pretrained": pretrained}
+    if scratch is not None:
+        metrics["scratch"] = scratch
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(_tool()).failed == 0
+
+
+def test_rows_per_checkpoint_and_one_scratch_row_per_architecture(tmp_path: Path) -> None:
+    tool = _tool()
+    vcop, moco = "runs/vcop_tiny/version_0/checkpoints/last.ckpt", "runs/x/version_3/checkpoints/last.ckpt"
+    runs = [
+        _run(tmp_path, "probe_vcop", "probe", vcop, {"knn_acc": 0.6, "linear_acc": 0.83},
+             {"knn_acc": 0.7, "linear_acc": 0.75}),
+        _run(tmp_path, "seg_vcop", "segmentation", vcop, {"0.1": {"miou": 0.56}, "1.0": {"miou": 0.58}},
+             {"0.1": {"miou": 0.55}, "1.0": {"miou": 0.60}}),
+        _run(tmp_path, "probe_moco", "probe", moco, {"knn_acc": 0.65, "linear_acc": 0.78},
+             {"knn_acc": 0.7, "linear_acc": 0.75}),  # the same scratch encoder, the same figures
+        _run(tmp_path, "jf_moco", "propagation", moco, {"J": 0.3, "F": 0.2, "JF": 0.25}),  # baseline: false
+        _run(tmp_path, "det_moco", "detection", moco, {"0.1": {"map": 0.08, "map_50": 0.2}}),
+        _run(tmp_path, "depth", "depth_pose", moco, {"depth/abs_rel": 0.19, "pose/ate": 0.013, "depth/a1": 0.7},
+             architecture=None),
+    ]
+    table = tool.collect(runs, {"moco": moco})
+    assert set(table) == {"vcop_tiny", "moco", f"scratch ({ARCH})"}
+    assert table["vcop_tiny"] == {"knn": 0.6, "linear": 0.83, "seg@0.1": 0.56, "seg@1.0": 0.58}
+    assert table["moco"] == {"knn": 0.65, "linear": 0.78, "jf": 0.25, "det@0.1": 0.08, "abs_rel": 0.19, "ate": 0.013}
+    assert table[f"scratch ({ARCH})"] == {"knn": 0.7, "linear": 0.75, "seg@0.1": 0.55, "seg@1.0": 0.60}
+    lines = tool.to_markdown(table).splitlines()
+    assert lines[0] == "| encoder | knn | linear | seg@0.1 | seg@1.0 | det@0.1 | jf | abs_rel | ate |"
+    assert lines[2].startswith("| moco | 0.650 | 0.780 |  |  | 0.080 | 0.250 | 0.190 | 0.013 |")
+    assert lines[-1].startswith(f"| scratch ({ARCH}) |")  # scratch rows last
+
+
+def test_main_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tool = _tool()
+    run = _run(tmp_path, "probe", "probe", "a/b/checkpoints/last.ckpt", {"knn_acc": math.nan, "linear_acc": 0.5})
+    tool.main([str(run), "--name", "mine=a/b/checkpoints/last.ckpt", "--json", str(tmp_path / "t.json"),
+               "--markdown", str(tmp_path / "t.md")])
+    assert "| mine | nan | 0.500 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t.json").read_text()) == {"mine": {"knn": None, "linear": 0.5}}
+    assert (tmp_path / "t.md").read_text().splitlines()[2] == "| mine | nan | 0.500 |"
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
+    tool = _tool()
+    with pytest.raises(FileNotFoundError, match=r"empty/metrics.json not found"):
+        (tmp_path / "empty").mkdir()
+        tool.collect([tmp_path / "empty"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text(json.dumps({"knn": 1}))
+    with pytest.raises(ValueError, match="no 'protocol' or 'pretrained'"):
+        tool.collect([bad])
+    a = _run(tmp_path, "a", "probe", "x.ckpt", {"knn_acc": 0.1, "linear_acc": 0.2}, {"knn_acc": 0.5, "linear_acc": 0.5})
+    b = _run(tmp_path, "b", "probe", "y.ckpt", {"knn_acc": 0.1, "linear_acc": 0.2}, {"knn_acc": 0.6, "linear_acc": 0.5})
+    with pytest.raises(ValueError, match=r"column 'knn' has 0.5 and 0.6"):  # one architecture, two scratch figures
+        tool.collect([a, b])
+    with pytest.raises(ValueError, match="unknown protocol 'nope'"):
+        tool.metric_cells("nope", {})
