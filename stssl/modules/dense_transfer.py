@@ -27,10 +27,31 @@ from stssl.eval.segmentation import SegmentationMeter
 from stssl.heads.dense import PyramidDecoder
 from stssl.types import EncoderOutput
 
-__all__ = ["SegmentationTransfer", "TransferModule", "transfer_optimizer"]
+__all__ = ["SegmentationTransfer", "TransferHooks", "TransferModule", "transfer_optimizer"]
 
 
-class TransferModule(L.LightningModule):
+class TransferHooks(L.LightningModule):
+    """The Lightning hooks every transfer module shares: ``_eval_end(stage)`` after each validation and test epoch,
+    and :func:`transfer_optimizer` over ``self.encoder`` (frozen when ``self.freeze_encoder``) with the ``lr``,
+    ``encoder_lr_scale``, ``weight_decay`` and ``max_steps`` hyperparameters."""
+
+    freeze_encoder: bool
+
+    def _eval_end(self, stage: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self):  # type: ignore[override]
+        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
+            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
+
+
+class TransferModule(TransferHooks):
     """What the transfer heads share: an encoder fine-tuned or frozen (evaluation mode, no gradients), input
     scaling (uint8 / 255) and normalisation as in its pretraining, the optimizer (:func:`transfer_optimizer`),
     and per-stage evaluation ends. Subclasses call ``super().__init__`` after ``save_hyperparameters`` inputs are
@@ -68,19 +89,6 @@ class TransferModule(L.LightningModule):
             x = (x - self.normalize[0]) / self.normalize[1]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             return self.encoder(x), x
-
-    def _eval_end(self, stage: str) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def configure_optimizers(self):  # type: ignore[override]
-        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
-            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
 
 
 class SegmentationTransfer(TransferModule):

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from einops import rearrange
 from torch import nn
@@ -34,7 +33,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
-from stssl.modules.dense_transfer import transfer_optimizer
+from stssl.modules.dense_transfer import TransferHooks
 from stssl.types import EncoderSpec
 
 __all__ = ["ClipTransform", "DetectionTransfer", "PyramidBackbone", "default_stages"]
@@ -174,7 +173,7 @@ class PyramidBackbone(nn.Module):
         return self.fpn(last)
 
 
-class DetectionTransfer(L.LightningModule):
+class DetectionTransfer(TransferHooks):
     """FCOS over an stssl encoder's pyramid, detecting in the last frame of each clip.
 
     Args:
@@ -332,13 +331,3 @@ class DetectionTransfer(L.LightningModule):
         for key in ("map", "map_50", "map_75"):
             self.log(f"{stage}/{key}", result[key])
         self.last_metrics = result
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def configure_optimizers(self):  # type: ignore[override]
-        return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
-            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
