@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -28,6 +31,24 @@ def moving_video() -> torch.Tensor:
     base = torch.rand(2, 3, 32, 64, generator=g)
     frames = [base[..., t : t + 32] for t in range(12)]
     return torch.stack(frames, dim=2)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_tool(name: str) -> ModuleType:
+    path = REPO / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, f"no tool at {path}"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool() -> Callable[[str], ModuleType]:
+    """``load_tool("eval_table")`` imports ``tools/eval_table.py`` (the tools are scripts, not a package)."""
+    return _load_tool
 
 
 TINY_SCENE_SHAPE = (12, 48, 144)  # frames, height, width of the shared tiny driving scene

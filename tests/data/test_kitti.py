@@ -7,9 +7,9 @@ simple enough to know the answers by hand.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -348,17 +348,9 @@ def test_existing_depth_pose_evaluator_runs_on_converted_drive(tmp_path: Path) -
 
 
 # ------------------------------------------------------------------ tools/kitti_to_scene.py
-def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kitti_to_scene", REPO / "tools" / "kitti_to_scene.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_writes_scene_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_scene_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str], load_tool: Callable[[str], ModuleType]) -> None:
     drive = make_drive(tmp_path / "raw", frames=3)
-    tool = load_tool()
+    tool = load_tool("kitti_to_scene")
     assert tool.main([str(drive), "--out", str(tmp_path / "scene"), "--max-frames", "2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["frames"] == 2 and summary["size_hw"] == [H, W]

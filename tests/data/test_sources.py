@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -239,31 +239,23 @@ def test_load_sources_errors_list_the_layouts(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ tools/make_manifest.py
-def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_manifest", REPO / "tools" / "make_manifest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_make_manifest_labels_from_folders(tmp_path: Path, suffix: str) -> None:
+def test_make_manifest_labels_from_folders(tmp_path: Path, suffix: str, load_tool: Callable[[str], ModuleType]) -> None:
     for p in ("data/b_cls/2.mp4", "data/a_cls/1.avi", "data/a_cls/sub/3.mp4", "data/top.mp4", "data/a_cls/x.txt"):
         touch(tmp_path / p)
     out = tmp_path / "out" / f"m{suffix}"
-    assert load_tool().main([str(tmp_path / "data"), "--out", str(out), "--labels-from-folders"]) == 0
+    assert load_tool("make_manifest").main([str(tmp_path / "data"), "--out", str(out), "--labels-from-folders"]) == 0
     recs = read_manifest(out)
     got = [(Path(r.path).resolve().relative_to((tmp_path / "data").resolve()).as_posix(), r.label) for r in recs]
     assert got == [("a_cls/1.avi", 0), ("a_cls/sub/3.mp4", 0), ("b_cls/2.mp4", 1)]
 
 
-def test_make_manifest_probe_skips_unreadable_videos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_make_manifest_probe_skips_unreadable_videos(tmp_path: Path, capsys: pytest.CaptureFixture, load_tool: Callable[[str], ModuleType]) -> None:
     pytest.importorskip("stssl.data.readers")
     write_video(tmp_path / "data" / "good.mp4", n=7)
     touch(tmp_path / "data" / "bad.mp4", "not a video at all")
     out = tmp_path / "m.csv"
-    assert load_tool().main([str(tmp_path / "data"), "--out", str(out), "--probe"]) == 0
+    assert load_tool("make_manifest").main([str(tmp_path / "data"), "--out", str(out), "--probe"]) == 0
     recs = read_manifest(out)
     assert [Path(r.path).name for r in recs] == ["good.mp4"] and recs[0].num_frames == 7
     assert "bad.mp4" in capsys.readouterr().err

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -164,16 +165,8 @@ def test_permutation_set_is_a_buffer_kept_in_checkpoints() -> None:
     assert task.num_classes == 30
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_permutations", ROOT / "tools" / "make_permutations.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_make_permutations_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tool = _load_tool()
+def test_make_permutations_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str], load_tool: Callable[[str], ModuleType]) -> None:
+    tool = load_tool("make_permutations")
     assert tool.main(["--num", "24", "--num-tiles", "4", "--out", str(tmp_path / "p.npy")]) == 0
     stats = json.loads(capsys.readouterr().out)
     perms = np.load(tmp_path / "p.npy")

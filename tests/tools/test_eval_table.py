@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCH = "ResNet3D, 0.12M parameters, dim 128"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("eval_table", ROOT / "tools" / "eval_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(root: Path, name: str, protocol: str, checkpoint: str | None, pretrained: dict, scratch: dict | None = None,
@@ -33,12 +26,12 @@ def _run(root: Path, name: str, protocol: str, checkpoint: str | None, pretraine
     return run
 
 
-def test_doctests() -> None:
-    assert doctest.testmod(_tool()).failed == 0
+def test_doctests(load_tool: Callable[[str], ModuleType]) -> None:
+    assert doctest.testmod(load_tool("eval_table")).failed == 0
 
 
-def test_rows_per_checkpoint_and_one_scratch_row_per_architecture(tmp_path: Path) -> None:
-    tool = _tool()
+def test_rows_per_checkpoint_and_one_scratch_row_per_architecture(tmp_path: Path, load_tool: Callable[[str], ModuleType]) -> None:
+    tool = load_tool("eval_table")
     vcop, moco = "runs/vcop_tiny/version_0/checkpoints/last.ckpt", "runs/x/version_3/checkpoints/last.ckpt"
     runs = [
         _run(tmp_path, "probe_vcop", "probe", vcop, {"knn_acc": 0.6, "linear_acc": 0.83},
@@ -63,8 +56,8 @@ def test_rows_per_checkpoint_and_one_scratch_row_per_architecture(tmp_path: Path
     assert lines[-1].startswith(f"| scratch ({ARCH}) |")  # scratch rows last
 
 
-def test_main_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tool = _tool()
+def test_main_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str], load_tool: Callable[[str], ModuleType]) -> None:
+    tool = load_tool("eval_table")
     run = _run(tmp_path, "probe", "probe", "a/b/checkpoints/last.ckpt", {"knn_acc": math.nan, "linear_acc": 0.5})
     tool.main([str(run), "--name", "mine=a/b/checkpoints/last.ckpt", "--json", str(tmp_path / "t.json"),
                "--markdown", str(tmp_path / "t.md")])
@@ -73,8 +66,8 @@ def test_main_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "t.md").read_text().splitlines()[2] == "| mine | nan | 0.500 |"
 
 
-def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
-    tool = _tool()
+def test_bad_inputs_are_clear_errors(tmp_path: Path, load_tool: Callable[[str], ModuleType]) -> None:
+    tool = load_tool("eval_table")
     with pytest.raises(FileNotFoundError, match=r"empty/metrics.json not found"):
         (tmp_path / "empty").mkdir()
         tool.collect([tmp_path / "empty"])
