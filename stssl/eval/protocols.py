@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "WorldSplit",
     "clip_classification_sets",
     "dense_frame_features",
+    "loss_summary",
     "plot_metric_curve",
 ]
 
@@ -246,13 +248,44 @@ def clip_classification_sets(
 # -------------------------------------------------------------------------------------------- segmentation
 
 
+def loss_summary(losses: Sequence[float], window: int = 10) -> dict[str, float | int]:
+    """What a transfer run's per-step training losses say: the mean of the first and of the last ``window`` finite
+    ones, and how many steps had a non-finite loss (a diverged head shows here, not only as a zero score).
+
+    Example:
+        >>> loss_summary([4.0, 3.0, float("nan"), 2.0, 1.0], window=2)
+        {'train_loss_first': 3.5, 'train_loss_last': 1.5, 'train_loss_nonfinite_steps': 1}
+    """
+    finite = [float(v) for v in losses if math.isfinite(v)]
+    first = sum(finite[:window]) / len(finite[:window]) if finite else float("nan")
+    last = sum(finite[-window:]) / len(finite[-window:]) if finite else float("nan")
+    return {"train_loss_first": first, "train_loss_last": last, "train_loss_nonfinite_steps": len(losses) - len(finite)}
+
+
+def _loss_history() -> Any:
+    """A Lightning callback that keeps every training step's loss in ``.losses`` (Lightning is imported lazily)."""
+    import lightning as L
+
+    class LossHistory(L.Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                self.losses.append(float(loss.detach()))
+
+    return LossHistory()
+
+
 class TransferProtocol(Protocol):
     """Base of the protocols that train a head per encoder and label fraction (segmentation, detection).
 
     For each encoder factory and each fraction ``f`` of ``label_fractions``, a fresh encoder + the subclass's
     LightningModule (:meth:`make_model`) trains for ``max_steps`` steps on the frames
     :func:`~stssl.data.labelled.select_labelled` marks labelled at ``f`` — the same frames, steps and seed for every
-    encoder — and is then scored on the test set (its ``last_metrics`` after ``trainer.test``). The step budget is
+    encoder — and is then scored on the test set (its ``last_metrics`` after ``trainer.test``, with the training
+    loss at the start and the end and the number of non-finite loss steps, :func:`loss_summary`). The step budget is
     the same at every fraction (small fractions revisit their frames more often), as label-efficiency studies
     usually fix it. The curve of :attr:`metric` against the fraction is written to :attr:`curve_file`.
 
@@ -356,17 +389,22 @@ class TransferProtocol(Protocol):
                 loader = DataLoader(train, batch_size=min(self.batch_size, len(train)), shuffle=True,
                                     collate_fn=collate, generator=torch.Generator().manual_seed(self.seed),
                                     num_workers=self.num_workers)
+                history = _loss_history()
                 trainer = L.Trainer(
                     max_steps=self.max_steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0, default_root_dir=str(out_dir),
+                    num_sanity_val_steps=0, default_root_dir=str(out_dir), callbacks=[history],
                 )
                 started = time.perf_counter()
                 trainer.fit(model, loader)
                 train_s = time.perf_counter() - started
                 trainer.test(model, DataLoader(test, batch_size=self.batch_size, collate_fn=collate,
                                                num_workers=self.num_workers), verbose=False)
-                metrics = {**model.last_metrics, "labelled_frames": len(train), "train_s": round(train_s, 1)}
+                losses = loss_summary(history.losses)
+                if losses["train_loss_nonfinite_steps"]:
+                    logger.warning("%s %s @ %.3g labels: %d of %d training steps had a non-finite loss", self.name,
+                                   name, fraction, losses["train_loss_nonfinite_steps"], len(history.losses))
+                metrics = {**model.last_metrics, **losses, "labelled_frames": len(train), "train_s": round(train_s, 1)}
                 result.setdefault(name, {})[str(fraction)] = metrics
                 logger.info("%s %s @ %.3g labels (%d frames): %s %.4f", self.name, name, fraction, len(train),
                             self.metric, metrics[self.metric])

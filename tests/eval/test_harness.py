@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from stssl.eval.protocols import (
     SegmentationProtocol,
     WorldSplit,
     dense_frame_features,
+    loss_summary,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +79,20 @@ def test_segmentation_protocol_writes_the_label_efficiency_curve(tmp_path: Path)
         assert set(out[name]) == {"0.5", "1.0"}
         assert [out[name][f]["labelled_frames"] for f in ("0.5", "1.0")] == [3, 6]
         assert 0.0 <= out[name]["1.0"]["miou"] <= 1.0 and "iou/road" in out[name]["1.0"]
+        for metrics in out[name].values():  # the training loss of every run is kept (2 finite steps here)
+            assert metrics["train_loss_nonfinite_steps"] == 0 and metrics["train_loss_first"] > 0
+            assert metrics["train_loss_last"] == pytest.approx(metrics["train_loss_first"])  # same 2-step window
     # different initial weights, different results
     assert out["pretrained"]["1.0"]["miou"] != out["scratch"]["1.0"]["miou"]
+
+
+def test_loss_summary_counts_non_finite_steps() -> None:
+    losses = [5.0, 4.0, float("inf"), 3.0, 2.0, 1.0, float("nan")]
+    assert loss_summary(losses, window=3) == {"train_loss_first": 4.0, "train_loss_last": 2.0,
+                                              "train_loss_nonfinite_steps": 2}
+    empty = loss_summary([float("nan")])
+    assert math.isnan(empty["train_loss_first"]) and math.isnan(empty["train_loss_last"])
+    assert empty["train_loss_nonfinite_steps"] == 1
 
 
 def test_dense_frame_features_are_causal_per_frame() -> None:
