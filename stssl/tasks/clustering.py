@@ -154,6 +154,9 @@ class SeLaTask(_ViewClusterTask):
         epsilon: Sinkhorn regularisation ``1 / lambda`` (SeLa: ``lambda = 25``).
         sinkhorn_iterations: Sinkhorn rounds.
         hard: hard pseudo-labels (SeLa) or the soft codes (online only).
+        temperature: None: SeLa's linear head on ``relu(z)``; a float: a cosine classifier (L2-normalised ``z``
+            and class weights, logits = cosine / temperature), whose bounded, sharp logits keep small-batch online
+            runs from drifting to uniform predictions.
         memory_size: rows of the data-set memory, at least the number of training items (0: online).
         relabel_every: epochs between relabellings of the memory.
         steps_per_epoch: training calls per epoch; None: ``ceil(memory_size / B)``.
@@ -190,6 +193,7 @@ class SeLaTask(_ViewClusterTask):
         epsilon: float = 0.04,
         sinkhorn_iterations: int = 10,
         hard: bool = True,
+        temperature: float | None = None,
         memory_size: int = 0,
         relabel_every: int = 1,
         steps_per_epoch: int | None = None,
@@ -211,12 +215,15 @@ class SeLaTask(_ViewClusterTask):
                 f"SeLaTask: need memory_size >= 0, relabel_every >= 1 and steps_per_epoch >= 1 or None, got "
                 f"{memory_size}, {relabel_every}, {steps_per_epoch}"
             )
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"SeLaTask: temperature must be > 0 (or None for a linear head), got {temperature}")
         if memory_size and not hard:
             raise ValueError("SeLaTask: the data-set labels (memory_size > 0) are hard; set hard=True or memory_size=0")
         self.num_heads = int(num_heads)
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.hard = bool(hard)
+        self.temperature = None if temperature is None else float(temperature)
         self.memory_size = int(memory_size)
         self.relabel_every = int(relabel_every)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
@@ -235,9 +242,22 @@ class SeLaTask(_ViewClusterTask):
 
     def build(self, spec: EncoderSpec) -> None:
         super().build(spec)
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Linear(self.dim, self.num_clusters)) for _ in range(self.num_heads)
-        )
+        if self.temperature is None:
+            self.heads = nn.ModuleList(
+                nn.Sequential(nn.ReLU(), nn.Linear(self.dim, self.num_clusters)) for _ in range(self.num_heads)
+            )
+        else:
+            self.heads = nn.ModuleList(nn.Linear(self.dim, self.num_clusters, bias=False) for _ in range(self.num_heads))
+
+    def head_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """``(H, ..., K)`` logits of every clustering head for embeddings ``(..., dim)``: a linear classifier on
+        ``relu(z)``, or (``temperature``) cosines of ``z`` and each class weight over the temperature."""
+        assert self.heads is not None
+        if self.temperature is None:
+            return torch.stack([head(z).float() for head in self.heads])
+        zn = F.normalize(z.float(), dim=-1)
+        weights = [F.normalize(head.weight.float(), dim=1) for head in self.heads if isinstance(head, nn.Linear)]
+        return torch.stack([zn @ w.T for w in weights]) / self.temperature
 
     def relabel_interval(self, batch_size: int) -> int:
         """Training calls between relabellings of the memory for batches of ``batch_size`` clips."""
@@ -272,7 +292,7 @@ class SeLaTask(_ViewClusterTask):
         if self.heads is None:
             raise RuntimeError(f"{type(self).__name__}: call build(encoder.spec) before forward")
         z = self.embed_views(batch, encoder, generator)  # (V, B, D)
-        logits = torch.stack([head(z).float() for head in self.heads])  # (H, V, B, K)
+        logits = self.head_logits(z)  # (H, V, B, K)
         if self.memory_size and self.training:
             items = self._memory_targets(batch, logits.detach())  # (H, B)
             label_t = items[:, None].expand(-1, logits.shape[1], -1)  # (H, V, B): every view predicts its item's label

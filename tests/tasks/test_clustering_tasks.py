@@ -156,6 +156,22 @@ def test_sela_gradients_heads_and_determinism(tiny_video) -> None:
         SeLaTask(TemporalViews(num_views=1))
 
 
+def test_sela_cosine_head_logits_are_scaled_cosines(tiny_video) -> None:
+    enc, task = _built(SeLaTask(_views(), num_clusters=4, num_heads=2, temperature=0.5, **SMALL))
+    z = torch.randn(3, 5, SMALL["dim"])
+    logits = task.head_logits(z)
+    assert logits.shape == (2, 3, 5, 4)
+    for h, head in enumerate(task.heads):
+        expected = F.cosine_similarity(z[..., None, :], head.weight[None, None], dim=-1) / 0.5
+        torch.testing.assert_close(logits[h], expected)
+    assert logits.abs().max() <= 2.0 + 1e-5  # |cosine| / temperature
+    out = task({"video": tiny_video}, enc, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert all(p.grad is not None for p in task.heads.parameters())
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SeLaTask(temperature=0.0)
+
+
 @pytest.mark.slow
 def test_sela_learns_on_temporal_views_without_collapse() -> None:
     torch.manual_seed(0)
