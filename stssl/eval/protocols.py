@@ -300,6 +300,7 @@ class TransferProtocol(Protocol):
         eval_every: evaluate every N-th test item only (1 = all).
         seed: seeds heads, label selection and the batch order.
         num_workers: data loader workers.
+        warmup_steps: linear learning-rate warm-up before the cosine decay (0: none; at most ``max_steps``).
     """
 
     #: the metric drawn against the label fraction, its axis label and the PNG's file name
@@ -322,6 +323,7 @@ class TransferProtocol(Protocol):
         eval_every: int = 1,
         seed: int = 0,
         num_workers: int = 0,
+        warmup_steps: int = 0,
     ) -> None:
         owner = type(self).__name__
         if not label_fractions or any(not 0 < f <= 1 for f in label_fractions):
@@ -331,6 +333,8 @@ class TransferProtocol(Protocol):
                 f"{owner}: max_steps, batch_size and eval_every must be >= 1, got {max_steps}, {batch_size}, "
                 f"{eval_every}"
             )
+        if warmup_steps < 0:
+            raise ValueError(f"{owner}: warmup_steps must be >= 0, got {warmup_steps}")
         self.split = split or WorldSplit()
         self.size: tuple[int, int] | None = None if size is None else (int(size[0]), int(size[1]))
         self.clip_len, self.frame_stride = int(clip_len), int(frame_stride)
@@ -339,6 +343,7 @@ class TransferProtocol(Protocol):
         self.encoder_lr_scale, self.weight_decay = float(encoder_lr_scale), float(weight_decay)
         self.freeze_encoder, self.normalize = bool(freeze_encoder), normalize
         self.eval_every, self.seed, self.num_workers = int(eval_every), int(seed), int(num_workers)
+        self.warmup_steps = int(warmup_steps)
 
     # -- what a subclass provides
     def data(self, split: str, fraction: float = 1.0) -> Any:
@@ -364,13 +369,15 @@ class TransferProtocol(Protocol):
     # -- the shared loop
     def _head_kwargs(self) -> dict[str, Any]:
         return dict(freeze_encoder=self.freeze_encoder, lr=self.lr, encoder_lr_scale=self.encoder_lr_scale,
-                    weight_decay=self.weight_decay, normalize=self.normalize, max_steps=self.max_steps)
+                    weight_decay=self.weight_decay, normalize=self.normalize, max_steps=self.max_steps,
+                    warmup_steps=self.warmup_steps)
 
     def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
         import lightning as L
 
         test = self.data("test")
         result: dict[str, Any] = {"label_fractions": self.label_fractions, "max_steps": self.max_steps,
+                                  "warmup_steps": self.warmup_steps,
                                   "input_size": None if self.size is None else list(self.size),
                                   "clip_len": self.clip_len,
                                   "classes": self.class_names(test), **self.describe(test)}
@@ -446,9 +453,11 @@ class SegmentationProtocol(TransferProtocol):
         seed: int = 0,
         num_workers: int = 0,
         cityscapes_root: str | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__(split, size, clip_len, frame_stride, label_fractions, max_steps, batch_size, lr,
-                         encoder_lr_scale, weight_decay, freeze_encoder, normalize, eval_every, seed, num_workers)
+                         encoder_lr_scale, weight_decay, freeze_encoder, normalize, eval_every, seed, num_workers,
+                         warmup_steps)
         self.cityscapes_root = cityscapes_root
 
     def data(self, split: str, fraction: float = 1.0) -> Any:
@@ -511,12 +520,14 @@ class FinetuneProtocol(TransferProtocol):
         test_root: str | None = None,
         clips_per_video: int = 1,
         dropout: float = 0.0,
+        warmup_steps: int = 0,
     ) -> None:
         from stssl.eval.world_tasks import DEFAULT_TEST_SEEDS, DEFAULT_TRAIN_SEEDS
 
         split = split or WorldSplit("driving", DEFAULT_TRAIN_SEEDS, DEFAULT_TEST_SEEDS, 200, 64, 192)
         super().__init__(split, size, clip_len, frame_stride, label_fractions, max_steps, batch_size, lr,
-                         encoder_lr_scale, weight_decay, freeze_encoder, normalize, eval_every, seed, num_workers)
+                         encoder_lr_scale, weight_decay, freeze_encoder, normalize, eval_every, seed, num_workers,
+                         warmup_steps)
         if (train_root is None) != (test_root is None):
             raise ValueError(f"FinetuneProtocol: give both train_root and test_root or neither, got {train_root}, {test_root}")
         self.step, self.train_root, self.test_root = int(step), train_root, test_root

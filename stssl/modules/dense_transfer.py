@@ -14,6 +14,7 @@ Logs ``train/loss``, ``val/loss``, ``val/miou``, ``val/pixel_accuracy`` and ``va
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ __all__ = ["SegmentationTransfer", "TransferHooks", "TransferModule", "transfer_
 class TransferHooks(L.LightningModule):
     """The Lightning hooks every transfer module shares: ``_eval_end(stage)`` after each validation and test epoch,
     and :func:`transfer_optimizer` over ``self.encoder`` (frozen when ``self.freeze_encoder``) with the ``lr``,
-    ``encoder_lr_scale``, ``weight_decay`` and ``max_steps`` hyperparameters."""
+    ``encoder_lr_scale``, ``weight_decay``, ``max_steps`` (and optional ``warmup_steps``) hyperparameters."""
 
     freeze_encoder: bool
 
@@ -48,7 +49,8 @@ class TransferHooks(L.LightningModule):
 
     def configure_optimizers(self):  # type: ignore[override]
         return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
-            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")})
+            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")},
+            warmup_steps=int(self.hparams.get("warmup_steps", 0)))
 
 
 class TransferModule(TransferHooks):
@@ -107,6 +109,7 @@ class SegmentationTransfer(TransferModule):
             (the depth task normalises with ``(0.45, 0.225)``; most pretext tasks feed ``[0, 1]``: ``None``).
         dec_channels: decoder width per encoder stage (default: half the encoder's channels, at least 8).
         max_steps: when set, the learning rate decays by a cosine to 0 over this many steps.
+        warmup_steps: linear learning-rate warm-up steps (:func:`transfer_optimizer`).
 
     Batches: ``{"video": uint8 or float (B, 3, T, H, W), "mask": int64 (B, H, W)}`` (uint8 is divided by 255).
     """
@@ -125,6 +128,7 @@ class SegmentationTransfer(TransferModule):
         normalize: tuple[float, float] | None = None,
         dec_channels: Sequence[int] | None = None,
         max_steps: int | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__(encoder, freeze_encoder=freeze_encoder, normalize=normalize)
         if num_classes < 2:
@@ -202,17 +206,49 @@ def transfer_optimizer(
     weight_decay: float,
     max_steps: int | None,
     freeze_encoder: bool,
+    warmup_steps: int = 0,
 ) -> Any:
     """AdamW over a transfer module: its head (every parameter outside ``encoder``) at ``lr``, the encoder at
-    ``lr * encoder_lr_scale`` unless frozen; with ``max_steps`` a per-step cosine decay to 0 (Lightning's
-    ``configure_optimizers`` format)."""
+    ``lr * encoder_lr_scale`` unless frozen; with ``max_steps`` a per-step cosine decay to 0, and with
+    ``warmup_steps`` a linear ramp from ``lr / warmup_steps`` over the first steps (detection heads need it: an
+    FCOS fine-tuning started at full rate can stall for good, see :class:`~stssl.eval.detection_protocol.
+    DetectionProtocol`). Lightning's ``configure_optimizers`` format.
+
+    Example:
+        >>> head, enc = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> module = torch.nn.ModuleDict({"head": head, "enc": enc})
+        >>> out = transfer_optimizer(module, enc, lr=1.0, encoder_lr_scale=0.1, weight_decay=0.0, max_steps=10,
+        ...                          freeze_encoder=False, warmup_steps=4)
+        >>> sched = out["lr_scheduler"]["scheduler"]
+        >>> rates = []
+        >>> for _ in range(5):
+        ...     rates.append(round(out["optimizer"].param_groups[0]["lr"], 3))
+        ...     out["optimizer"].step(); sched.step()
+        >>> rates  # steps 0-4: (step + 1) / 4 of the cosine, then the cosine alone
+        [0.25, 0.488, 0.678, 0.794, 0.655]
+        >>> out["optimizer"].param_groups[1]["lr"]  # the encoder's at step 5: 0.1 x cosine 0.5
+        0.05
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"transfer_optimizer: warmup_steps must be >= 0, got {warmup_steps}")
     encoder_ids = {id(p) for p in encoder.parameters()}
     groups: list[dict[str, Any]] = [{"params": [p for p in module.parameters() if id(p) not in encoder_ids],
                                      "lr": float(lr)}]
     if not freeze_encoder:
         groups.append({"params": list(encoder.parameters()), "lr": float(lr) * float(encoder_lr_scale)})
     optimizer = torch.optim.AdamW(groups, lr=float(lr), weight_decay=float(weight_decay))
-    if not max_steps:
+    if not max_steps and not warmup_steps:
         return optimizer
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_steps))
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    if not warmup_steps:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_steps or 1))
+    else:
+        total = int(max_steps or 0)
+        warm = min(int(warmup_steps), total) if total else int(warmup_steps)  # a short run warms up throughout
+
+        def factor(step: int) -> float:
+            cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)) if total else 1.0
+            return min(1.0, (step + 1) / warm) * cosine
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

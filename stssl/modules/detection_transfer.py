@@ -194,6 +194,7 @@ class DetectionTransfer(TransferHooks):
         center_sampling_radius: FCOS's positive-sample radius, in strides.
         size_divisible: batches are padded to a multiple of this.
         max_steps: when set, the learning rate decays by a cosine to 0 over this many steps.
+        warmup_steps: linear learning-rate warm-up steps (:func:`~stssl.modules.dense_transfer.transfer_optimizer`).
 
     Batches (:func:`~stssl.data.box_clips.collate_boxes`): ``{"video": uint8 or float (B, 3, T, H, W), "boxes":
     [float (N_i, 4) xyxy pixels], "labels": [int64 (N_i,) in 1..num_classes - 1], "iscrowd": optional [bool
@@ -220,6 +221,7 @@ class DetectionTransfer(TransferHooks):
         center_sampling_radius: float = 1.5,
         size_divisible: int = 32,
         max_steps: int | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 2:

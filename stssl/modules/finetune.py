@@ -28,7 +28,8 @@ class ClassificationTransfer(TransferModule):
         num_classes: ``K``.
         class_names: names for the report (default ``class_<i>``).
         freeze_encoder: keep the encoder fixed (evaluation mode, no gradients).
-        lr / encoder_lr_scale / weight_decay / max_steps: :func:`~stssl.modules.dense_transfer.transfer_optimizer`.
+        lr / encoder_lr_scale / weight_decay / max_steps / warmup_steps:
+            :func:`~stssl.modules.dense_transfer.transfer_optimizer`.
         dropout: before the classifier.
         normalize: ``(mean, std)`` applied to the ``[0, 1]`` frames, as in the encoder's pretraining, or ``None``.
 
@@ -49,6 +50,7 @@ class ClassificationTransfer(TransferModule):
         max_steps: int | None = None,
         dropout: float = 0.0,
         normalize: tuple[float, float] | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__(encoder, freeze_encoder=freeze_encoder, normalize=normalize)
         if num_classes < 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,19 @@ def test_protocol_scores_each_encoder_at_each_fraction(tmp_path: Path) -> None:
             assert 0.0 <= metrics["map_75"] <= metrics["map_50"] <= 1.0 and 0.0 <= metrics["map"] <= 1.0
 
 
+def test_warmup_reaches_the_detector_optimizer() -> None:
+    from stssl.modules.detection_transfer import DetectionTransfer
+
+    protocol = DetectionProtocol(max_steps=20, warmup_steps=5, lr=0.01)
+    model = DetectionTransfer(build_encoder("resnet18_2d_tiny"), 2, **protocol._head_kwargs())  # as make_model
+    out = model.configure_optimizers()
+    assert out["optimizer"].param_groups[0]["lr"] == pytest.approx(0.002)  # step 0: 1/5 of the rate
+    out["optimizer"].step()
+    for _ in range(5):
+        out["lr_scheduler"]["scheduler"].step()
+    assert out["optimizer"].param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 5 / 20)))
+
+
 def test_config_parses_into_the_protocol(tmp_path: Path) -> None:
     parser = build_parser()
     cfg = parser.parse_args(["--config", str(ROOT / "configs/eval/detection_world.yaml"),
@@ -56,6 +70,7 @@ def test_config_parses_into_the_protocol(tmp_path: Path) -> None:
     protocol = instantiate(cfg).protocol
     assert isinstance(protocol, DetectionProtocol)
     assert protocol.max_steps == 7 and protocol.size == (64, 192) and protocol.label_fractions == [0.1, 1.0]
+    assert protocol.warmup_steps == 30
     assert protocol.split.train_seeds == [0, 1, 2, 3] and protocol.split.test_seeds == [1000]
 
 
@@ -86,3 +101,5 @@ def test_bad_settings_are_refused() -> None:
         DetectionProtocol(label_fractions=[0.0, 1.0])
     with pytest.raises(ValueError, match="max_steps"):
         DetectionProtocol(max_steps=0)
+    with pytest.raises(ValueError, match=r"warmup_steps must be >= 0, got -1"):
+        DetectionProtocol(warmup_steps=-1)
