@@ -211,8 +211,8 @@ def transfer_optimizer(
     """AdamW over a transfer module: its head (every parameter outside ``encoder``) at ``lr``, the encoder at
     ``lr * encoder_lr_scale`` unless frozen; with ``max_steps`` a per-step cosine decay to 0, and with
     ``warmup_steps`` a linear ramp from ``lr / warmup_steps`` over the first steps (detection heads need it: an
-    FCOS fine-tuning started at full rate can stall for good, see :class:`~stssl.eval.detection_protocol.
-    DetectionProtocol`). Lightning's ``configure_optimizers`` format.
+    FCOS fine-tuning started at full rate can stall for good, see
+    :class:`~stssl.eval.detection_protocol.DetectionProtocol`). Lightning's ``configure_optimizers`` format.
 
     Example:
         >>> head, enc = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
