@@ -263,17 +263,18 @@ def loss_summary(losses: Sequence[float], window: int = 10) -> dict[str, float |
 
 
 def _loss_history() -> Any:
-    """A Lightning callback that keeps every training step's loss in ``.losses`` (Lightning is imported lazily)."""
+    """A Lightning callback that keeps every training step's loss, detached, in ``.losses`` (read them after the
+    fit: no device sync per step; Lightning is imported lazily)."""
     import lightning as L
 
     class LossHistory(L.Callback):
         def __init__(self) -> None:
-            self.losses: list[float] = []
+            self.losses: list[torch.Tensor] = []
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             if loss is not None:
-                self.losses.append(float(loss.detach()))
+                self.losses.append(loss.detach())
 
     return LossHistory()
 
@@ -407,7 +408,7 @@ class TransferProtocol(Protocol):
                 train_s = time.perf_counter() - started
                 trainer.test(model, DataLoader(test, batch_size=self.batch_size, collate_fn=collate,
                                                num_workers=self.num_workers), verbose=False)
-                losses = loss_summary(history.losses)
+                losses = loss_summary([float(v) for v in history.losses])
                 if losses["train_loss_nonfinite_steps"]:
                     logger.warning("%s %s @ %.3g labels: %d of %d training steps had a non-finite loss", self.name,
                                    name, fraction, losses["train_loss_nonfinite_steps"], len(history.losses))

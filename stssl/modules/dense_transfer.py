@@ -34,7 +34,7 @@ __all__ = ["SegmentationTransfer", "TransferHooks", "TransferModule", "transfer_
 class TransferHooks(L.LightningModule):
     """The Lightning hooks every transfer module shares: ``_eval_end(stage)`` after each validation and test epoch,
     and :func:`transfer_optimizer` over ``self.encoder`` (frozen when ``self.freeze_encoder``) with the ``lr``,
-    ``encoder_lr_scale``, ``weight_decay``, ``max_steps`` (and optional ``warmup_steps``) hyperparameters."""
+    ``encoder_lr_scale``, ``weight_decay``, ``max_steps`` and ``warmup_steps`` hyperparameters."""
 
     freeze_encoder: bool
 
@@ -49,8 +49,7 @@ class TransferHooks(L.LightningModule):
 
     def configure_optimizers(self):  # type: ignore[override]
         return transfer_optimizer(self, self.encoder, freeze_encoder=self.freeze_encoder, **{
-            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps")},
-            warmup_steps=int(self.hparams.get("warmup_steps", 0)))
+            k: self.hparams[k] for k in ("lr", "encoder_lr_scale", "weight_decay", "max_steps", "warmup_steps")})
 
 
 class TransferModule(TransferHooks):
