@@ -4,12 +4,18 @@
 For every config, runs ``stssl-train fit`` for a few epochs on the default driving world, then reports each
 task's validation metrics after the first and the last epoch, next to chance for the classification tasks.
 Validation uses ``--val-clips`` clips from the held-out world sequence (labels are drawn afresh per clip).
+With ``--probe``, the last checkpoint of each run is then scored by ``stssl-eval`` with that config (e.g. the
+frozen kNN + linear ego-motion probe, checkpoint vs the same architecture from random init) into
+``<run_dir>/probe/metrics.json``.
 
     python tools/pretext_report.py --json .bench/pretext.json
     python tools/pretext_report.py --configs configs/pretrain/arrow_tiny.yaml --epochs 3
+    python tools/pretext_report.py --configs configs/pretrain/simclr_tiny.yaml --epochs 20 \
+        --probe configs/eval/probe_world.yaml --json .bench/simclr.json
 
 Output: ``{"<config stem>": {"wall_s": .., "run_dir": .., "tasks": {"<task>": {"chance": .., "first": {metric:
-value}, "last": {metric: value}}}}}``.
+value}, "last": {metric: value}}}, "probe": {"wall_s": .., "<encoder>": {metric: value}}}}`` (``probe`` with
+``--probe`` only; ``<encoder>`` is ``pretrained`` and, where the eval config asks for a baseline, ``scratch``).
 """
 
 from __future__ import annotations
@@ -69,6 +75,30 @@ def _val_rows(metrics_csv: Path) -> list[dict[str, float]]:
     return _rows(metrics_csv, "val/")
 
 
+def probe_run(run_dir: Path, eval_config: str, reuse: bool = False) -> dict:
+    """Score ``run_dir``'s last checkpoint with ``stssl-eval --config eval_config``: ``{"wall_s": .., "<encoder>":
+    {metric: value}}`` for every scored encoder (``{"error": ..}`` when the evaluation fails)."""
+    out = run_dir / "probe"
+    wall = float("nan")
+    if not (reuse and (out / "metrics.json").is_file()):
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        cmd = [sys.executable, "-m", "stssl.eval.cli", "--config", str(ROOT / eval_config), "--checkpoint", str(ckpt),
+               "--output_dir", str(out)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": round(wall, 1)}
+    metrics = json.loads((out / "metrics.json").read_text())
+    result: dict = {"wall_s": round(wall, 1)}
+    for encoder in ("pretrained", "scratch"):
+        if isinstance(metrics.get(encoder), dict):
+            result[encoder] = {k: v for k, v in metrics[encoder].items() if isinstance(v, (int, float))}
+    if "chance" in metrics:
+        result["chance"] = metrics["chance"]
+    return result
+
+
 def run_config(config: str, epochs: int, val_clips: int, out_root: Path, extra: list[str], reuse: bool = False) -> dict:
     path = ROOT / config
     run_root = out_root / path.stem
@@ -108,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-root", type=Path, default=Path(".bench/pretext_runs"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="summarise existing runs under --out-root, run the rest")
+    parser.add_argument("--probe", default=None, metavar="EVAL_CONFIG",
+                        help="score each run's last checkpoint with stssl-eval and this config, e.g. "
+                             "configs/eval/probe_world.yaml")
     parser.add_argument("extra", nargs="*", help="more stssl-train arguments, after --")
     args = parser.parse_args(argv)
     results = {}
@@ -124,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{Path(config).stem:<24s} {name:<16s} chance {entry.get('chance', float('nan')):.3f}  "
                   f"val first {first}  last { {k: round(v, 3) for k, v in shown.items()} }  "
                   f"best acc {entry['best_val_acc']}  train last {train}  ({res['wall_s']} s)", flush=True)
+        if args.probe:
+            res["probe"] = probe_run(Path(res["run_dir"]), args.probe, reuse=args.reuse)
+            print(f"{Path(config).stem:<24s} probe {res['probe']}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
