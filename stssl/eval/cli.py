@@ -15,6 +15,10 @@ Encoders scored: ``pretrained`` (the checkpoint's encoder with its weights) and,
 
 Output, in ``output_dir`` (created; an existing ``metrics.json`` there is replaced): ``metrics.json`` (the
 protocol's result plus the settings), ``config.yaml`` and the protocol's plots and per-sample files.
+
+Test-scene leakage: when the checkpoint was pretrained on the built-in world and the protocol scores world
+scenes, ``metrics.json`` records ``test_seeds_in_pretraining``: the test seeds whose video the encoder saw
+during pretraining (``[]`` when none; a warning names them otherwise).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["eval_main", "run_eval"]
+__all__ = ["eval_main", "run_eval", "seeds_seen_in_pretraining"]
 
 logger = logging.getLogger("stssl")
 
@@ -77,6 +81,23 @@ def _architecture(factories: dict[str, Any]) -> str | None:
     return f"{type(encoder).__name__}, {params / 1e6:.2f}M parameters, dim {encoder.spec.dim}"
 
 
+def seeds_seen_in_pretraining(checkpoint: str | None, result: dict[str, Any]) -> list[int] | None:
+    """Test scenes of an evaluation ``result`` that were pretraining video of ``checkpoint`` (world seeds, sorted).
+
+    ``None`` when it cannot apply: no checkpoint, a checkpoint not pretrained on a built-in world, or a result that
+    scored no world scenes (its ``world`` / ``test_seeds`` keys, from :meth:`WorldSplit.describe
+    <stssl.eval.protocols.WorldSplit.describe>`, are absent) or another world.
+    """
+    from stssl.eval.probe import pretraining_world
+
+    if not checkpoint or "world" not in result or "test_seeds" not in result:
+        return None
+    pretrained_on = pretraining_world(checkpoint)
+    if pretrained_on is None or pretrained_on["world"] != result["world"]:
+        return None
+    return sorted(set(pretrained_on["train_seeds"]) & {int(s) for s in result["test_seeds"]})
+
+
 def run_eval(
     protocol: Any,
     *,
@@ -122,6 +143,10 @@ def run_eval(
         factories = _factories(checkpoint, encoder_name, dict(encoder_kwargs or {}), baseline, seed, dev)
     started = time.perf_counter()
     result = protocol.run(factories, out)
+    leaked = seeds_seen_in_pretraining(checkpoint, result)
+    if leaked:
+        logger.warning("stssl-eval: test scenes %s (%s world seeds) were pretraining video of %s: the pretrained "
+                       "scores are transductive on them", leaked, result["world"], checkpoint)
     metrics = {
         "protocol": protocol.name,
         "checkpoint": checkpoint,
@@ -131,6 +156,8 @@ def run_eval(
         "wall_s": round(time.perf_counter() - started, 1),
         **result,
     }
+    if leaked is not None:
+        metrics["test_seeds_in_pretraining"] = leaked
     metrics = _json_safe(json.loads(json.dumps(metrics, default=float)))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
     return metrics

@@ -9,6 +9,7 @@ so accuracy above a random-init encoder's is what the pretraining contributed.
 - :func:`linear_probe`: a linear layer on standardised features, trained full batch with L-BFGS (deterministic).
 - :func:`mean_class_accuracy`: accuracy averaged over classes (robust to imbalanced test sets).
 - :func:`load_encoder_from_checkpoint`: the trained encoder of an ``stssl-train`` checkpoint.
+- :func:`pretraining_world`: which built-in world scenes a checkpoint was pretrained on (to keep test scenes out).
 - :func:`recalibrate_batchnorm`: BatchNorm statistics recomputed on the probe data (fair random-init baselines).
 
 Example:
@@ -42,6 +43,7 @@ __all__ = [
     "knn_accuracy",
     "knn_classify",
     "linear_probe",
+    "pretraining_world",
     "load_encoder_from_checkpoint",
     "mean_class_accuracy",
     "recalibrate_batchnorm",
@@ -406,6 +408,27 @@ def load_encoder_from_checkpoint(
     if random_init:  # the weights fit: now the same architecture, freshly initialised
         encoder = fresh if fresh is not None else _encoder_from_config(config, path)
     return encoder.to(map_location)
+
+
+def pretraining_world(path: str | Path) -> dict[str, Any] | None:
+    """The built-in world an ``stssl-train`` checkpoint was pretrained on: ``{"world": name, "train_seeds": [..]}``.
+
+    Read from the checkpoint's saved :class:`~stssl.data.ClipDataModule` arguments. ``None`` when it trained on
+    other video (``sources`` given), on no world, or the checkpoint holds no data-module arguments. A world scene
+    is its seed's camera path at any length and size, so seeds are what two renders share: the 64-frame scene of
+    seed 12 is the first 64 frames of the 200-frame one.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretraining_world: {path} not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    data = ckpt.get("datamodule_hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(data, Mapping) or data.get("sources") is not None or not data.get("world"):
+        return None
+    return {"world": str(data["world"]), "train_seeds": [int(s) for s in data.get("world_train_seeds") or ()]}
 
 
 def _encoder_from_config(config: Any, path: Path) -> Encoder:

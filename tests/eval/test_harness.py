@@ -51,6 +51,57 @@ def test_factories_give_fresh_pretrained_and_scratch_encoders(tmp_path: Path) ->
         torch.testing.assert_close(value, scratch[key])
 
 
+def test_pretraining_world_of_a_checkpoint(tmp_path: Path) -> None:
+    from stssl.eval.probe import pretraining_world
+
+    path = tmp_path / "enc.ckpt"
+    _fake_checkpoint(path)
+    assert pretraining_world(path) is None  # no data-module arguments saved
+    ckpt = torch.load(path, weights_only=False)
+    for data, expected in [
+        ({"sources": None, "world": "driving", "world_train_seeds": [3, 12]}, {"world": "driving", "train_seeds": [3, 12]}),
+        ({"sources": ["videos.csv"], "world": "driving", "world_train_seeds": [3, 12]}, None),  # trained on files
+        ({"sources": None, "world": None, "world_train_seeds": [3]}, None),
+    ]:
+        torch.save({**ckpt, "datamodule_hyper_parameters": data}, path)
+        assert pretraining_world(path) == expected, data
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        pretraining_world(tmp_path / "nope.ckpt")
+
+
+class _WorldResult(Protocol):
+    """Scores nothing; describes the world scenes it would have scored, as the world protocols do."""
+
+    name = "world_result"
+
+    def __init__(self, world: str, test_seeds: list[int]) -> None:
+        self.world, self.test_seeds = world, test_seeds
+
+    def run(self, encoders: dict, out_dir: Path) -> dict:
+        return {"world": self.world, "train_seeds": [0], "test_seeds": self.test_seeds}
+
+
+def test_run_eval_records_test_scenes_seen_in_pretraining(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "enc.ckpt"
+    _fake_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    torch.save({**ckpt, "datamodule_hyper_parameters": {"sources": None, "world": "driving",
+                                                        "world_train_seeds": list(range(16))}}, path)
+    kwargs = {"checkpoint": str(path), "encoder_name": "resnet18_2d_tiny", "output_dir": tmp_path / "run"}
+    with caplog.at_level("WARNING", logger="stssl"):
+        out = run_eval(_WorldResult("driving", [17, 12, 18]), **kwargs)
+    assert out["test_seeds_in_pretraining"] == [12]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_seeds_in_pretraining"] == [12]
+    assert "[12]" in caplog.text and "transductive" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stssl"):
+        assert run_eval(_WorldResult("driving", [1000]), **kwargs)["test_seeds_in_pretraining"] == []
+        assert "test_seeds_in_pretraining" not in run_eval(_WorldResult("endoscopy", [12]), **kwargs)
+        assert "test_seeds_in_pretraining" not in run_eval(_WorldResult("driving", [12]), encoder_name="r3d_tiny",
+                                                           output_dir=tmp_path / "run")  # no checkpoint
+    assert not caplog.text
+
+
 def test_run_eval_needs_an_encoder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--checkpoint"):
         run_eval(SegmentationProtocol(), output_dir=tmp_path)
@@ -107,6 +158,29 @@ def test_dense_frame_features_are_causal_per_frame() -> None:
     assert torch.allclose(dense_frame_features(encoder, changed, context=2)[:4], feats[:4])  # the past is unchanged
     with pytest.raises(ValueError, match="stage"):
         dense_frame_features(encoder, video, stage=9)
+
+
+def test_pretraining_configs_keep_the_eval_test_scenes_out() -> None:
+    """No config trains on a world scene an evaluation config tests on (a world seed's scene is the same camera path
+    at every length and size, so the seeds must not meet)."""
+    from stssl.eval.world_tasks import DEFAULT_TEST_SEEDS
+
+    test_seeds = {"driving": set(DEFAULT_TEST_SEEDS)}  # the probe / fine-tuning default split
+    for path in sorted((ROOT / "configs/eval").glob("*.yaml")):
+        split = (yaml.safe_load(path.read_text())["protocol"].get("init_args") or {}).get("split")
+        if split:
+            args = split["init_args"]
+            test_seeds.setdefault(args["world"], set()).update(args["test_seeds"])
+    assert test_seeds["driving"] >= {12, 1000}
+    checked = 0
+    for path in sorted(ROOT.glob("configs/*/*.yaml")):
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        if "world_train_seeds" in data:
+            checked += 1
+            world = data.get("world", "driving")
+            leaked = set(data["world_train_seeds"]) & test_seeds.get(world, set())
+            assert not leaked, f"{path.relative_to(ROOT)} trains on {world} test scenes {sorted(leaked)}"
+    assert checked >= 6
 
 
 @pytest.mark.slow

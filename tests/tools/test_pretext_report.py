@@ -50,6 +50,7 @@ def test_arrow_run_is_summarised_and_probed(tmp_path: Path, load_tool: Callable[
     written = json.loads((Path(res["run_dir"]) / "probe" / "metrics.json").read_text())
     assert written["checkpoint"] == str(Path(res["run_dir"]) / "checkpoints" / "last.ckpt")
     assert probe["pretrained"]["knn_acc"] == written["pretrained"]["knn_acc"]
+    assert written["test_seeds_in_pretraining"] == []  # pretrained on seed 0, probed on seed 11
 
     # --reuse summarises the finished run and its probe without running either again
     again = tmp_path / "again.json"
