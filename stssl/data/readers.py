@@ -37,6 +37,7 @@ import gc
 import importlib
 import logging
 import os
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -926,10 +927,18 @@ _AVAILABLE: dict[str, bool] = {}
 
 
 def _is_available(backend: str) -> bool:
+    """Whether ``backend`` can decode here: its module imports and, for torchcodec, FFmpeg's libraries load.
+
+    torchcodec >= 0.10 imports without FFmpeg and fails only when a video is decoded; it records the outcome of
+    loading FFmpeg in ``torchcodec._core.ops._FFMPEG_AVAILABLE`` (older releases fail at import instead).
+    """
     if backend not in _AVAILABLE:
         try:
             importlib.import_module(_BACKEND_MODULES[backend])
-            _AVAILABLE[backend] = True
+            ok = True
+            if backend == "torchcodec":
+                ok = bool(getattr(sys.modules.get("torchcodec._core.ops"), "_FFMPEG_AVAILABLE", True))
+            _AVAILABLE[backend] = ok
         except Exception:  # ImportError, or OSError/RuntimeError when native libraries fail to load
             _AVAILABLE[backend] = False
     return _AVAILABLE[backend]
@@ -987,6 +996,7 @@ def open_video(
     if backend != "frames" and os.path.isdir(path):
         raise VideoReadError(f"{path}: is a directory; read frame folders with backend='frames'")
     if not _is_available(backend):
-        raise VideoReadError(f"{path}: backend {backend!r} is not installed; installed: "
+        why = "not installed, or FFmpeg's shared libraries missing" if backend == "torchcodec" else "not installed"
+        raise VideoReadError(f"{path}: backend {backend!r} cannot decode here ({why}); usable: "
                              + ", ".join(available_backends()))
     return READERS[backend](path, device=dev)  # type: ignore[return-value]

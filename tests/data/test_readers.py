@@ -7,10 +7,10 @@ backends, so no tolerance is needed on CPU).
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,11 @@ from stssl.data.readers import (
 )
 
 VIDEO_BACKENDS = ["pyav", "decord", "torchcodec"]
-_MODULES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec.decoders"}
 
 
 def _require(backend: str) -> None:
-    try:
-        importlib.import_module(_MODULES[backend])
-    except Exception as error:  # noqa: BLE001 - ImportError or a native library failing to load
-        pytest.skip(f"backend {backend!r} not installed: {error}")
+    if backend not in available_backends():  # imports, and for torchcodec FFmpeg's libraries load
+        pytest.skip(f"backend {backend!r} cannot decode here (not installed, or torchcodec without FFmpeg)")
 
 
 def _index_lists(n: int, gop: int, seed: int) -> list[list[int]]:
@@ -311,6 +308,26 @@ def test_available_backends_and_auto(tmp_path: Path, make_test_video: Callable[[
     assert set(backends) <= set(READERS)
     reader = open_video(make_test_video("h264_mp4"))
     assert type(reader) is READERS[backends[0]]
+
+
+def test_torchcodec_without_ffmpeg_is_not_available(
+    tmp_path: Path, make_test_video: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchcodec >= 0.10 imports without FFmpeg and fails only on decode: it must not count as available, and
+    asking for it names the cause."""
+    import types
+
+    import stssl.data.readers as readers
+
+    pytest.importorskip("torchcodec.decoders")
+    monkeypatch.setattr(readers, "_AVAILABLE", {})
+    monkeypatch.setitem(sys.modules, "torchcodec._core.ops", types.SimpleNamespace(_FFMPEG_AVAILABLE=False))
+    assert "torchcodec" not in available_backends() and "pyav" in available_backends()
+    with pytest.raises(VideoReadError, match="'torchcodec' cannot decode here.*FFmpeg"):
+        open_video(make_test_video("h264_mp4"), backend="torchcodec")
+    monkeypatch.setattr(readers, "_AVAILABLE", {})
+    monkeypatch.setitem(sys.modules, "torchcodec._core.ops", types.SimpleNamespace(_FFMPEG_AVAILABLE=True))
+    assert "torchcodec" in available_backends()
 
 
 @pytest.mark.parametrize("backend", VIDEO_BACKENDS)
