@@ -373,7 +373,9 @@ def load_encoder_from_checkpoint(
         encoder: an encoder of the trained architecture to load into (for checkpoints without a saved config).
         map_location: where the weights are loaded.
         random_init: return the checkpoint's architecture freshly initialised, without its weights (the
-            scratch baseline of an evaluation); the weights are still checked to fit it.
+            scratch baseline of an evaluation); the weights are still checked to fit it. Without ``encoder``, the
+            fresh encoder is built from the random state this function was called with, so after
+            ``torch.manual_seed(s)`` it equals the architecture built directly after the same seed.
 
     Raises:
         FileNotFoundError: when ``path`` is not a file.
@@ -393,6 +395,7 @@ def load_encoder_from_checkpoint(
         )
     config = (ckpt.get("hyper_parameters") or {}).get("encoder")
     fresh = None if encoder is None else copy.deepcopy(encoder)  # its initial weights, for random_init
+    rng = torch.random.get_rng_state()  # the fresh encoder of random_init is built from here
     if encoder is None:
         encoder = _encoder_from_config(config, path)
     hint = "build the encoder the checkpoint was trained with"
@@ -406,7 +409,10 @@ def load_encoder_from_checkpoint(
             f"unexpected {result.unexpected_keys[:5]}; {hint}"
         )
     if random_init:  # the weights fit: now the same architecture, freshly initialised
-        encoder = fresh if fresh is not None else _encoder_from_config(config, path)
+        if fresh is None:
+            torch.random.set_rng_state(rng)
+            fresh = _encoder_from_config(config, path)
+        encoder = fresh
     return encoder.to(map_location)
 
 

@@ -208,6 +208,14 @@ def test_load_encoder_from_checkpoint(tmp_path) -> None:
     assert isinstance(loaded, ResNet3D)
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    # random_init: the architecture as built right after the caller's seed, not the weights
+    torch.manual_seed(7)
+    fresh = load_encoder_from_checkpoint(path, random_init=True)
+    torch.manual_seed(7)
+    direct = ResNet3D("r3d", width=4, layers=(1, 1, 1, 1))
+    for (name, a), b in zip(direct.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(next(fresh.parameters()), next(trained.parameters()))
     # without a saved config, the caller gives the architecture; a wrong one is refused with the keys
     bare = tmp_path / "bare.ckpt"
     torch.save({"state_dict": state}, bare)
