@@ -15,7 +15,8 @@ frozen kNN + linear ego-motion probe, checkpoint vs the same architecture from r
 
 Output: ``{"<config stem>": {"wall_s": .., "run_dir": .., "tasks": {"<task>": {"chance": .., "first": {metric:
 value}, "last": {metric: value}}}, "probe": {"wall_s": .., "<encoder>": {metric: value}}}}`` (``probe`` with
-``--probe`` only; ``<encoder>`` is ``pretrained`` and, where the eval config asks for a baseline, ``scratch``).
+``--probe`` only; ``<encoder>`` is ``pretrained`` and, where the eval config asks for a baseline, ``scratch``;
+``scratch_range`` holds the min / mean / max over random inits where the config sets ``baseline_seeds``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def probe_run(run_dir: Path, eval_config: str, reuse: bool = False) -> dict:
     for encoder in ("pretrained", "scratch"):
         if isinstance(metrics.get(encoder), dict):
             result[encoder] = {k: v for k, v in metrics[encoder].items() if isinstance(v, (int, float))}
+    if "scratch_range" in metrics:  # with the eval config's baseline_seeds: min / mean / max over random inits
+        result["scratch_range"] = metrics["scratch_range"]
     if "chance" in metrics:
         result["chance"] = metrics["chance"]
     return result

@@ -10,7 +10,10 @@ constructor argument of the protocol is a key (``protocol.class_path`` / ``proto
 LightningModule — kNN extracts features, segmentation trains one head per encoder and label fraction.)
 
 Encoders scored: ``pretrained`` (the checkpoint's encoder with its weights) and, with ``baseline: true``,
-``scratch`` (the same architecture freshly initialised from ``seed``). Without a checkpoint, ``encoder.name``
+``scratch`` (the same architecture freshly initialised from ``seed``). Random inits differ by more than many
+pretraining gains (the R3D preset's ego-motion probe: linear 0.67-0.80 over six seeds), so ``baseline_seeds``
+scores more of them, as ``scratch_seed<S>``, and ``scratch_range`` gives the ``min`` / ``mean`` / ``max`` of every
+metric over all random inits (``seed`` and ``baseline_seeds``). Without a checkpoint, ``encoder.name``
 (a registry name, :func:`stssl.encoders.build_encoder`) gives the architecture and only ``scratch`` is scored.
 
 Output, in ``output_dir`` (created; an existing ``metrics.json`` there is replaced): ``metrics.json`` (the
@@ -29,10 +32,11 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["eval_main", "run_eval", "seeds_seen_in_pretraining"]
+__all__ = ["eval_main", "metric_spread", "run_eval", "seeds_seen_in_pretraining"]
 
 logger = logging.getLogger("stssl")
 
@@ -49,26 +53,68 @@ def _json_safe(value: Any) -> Any:
 
 
 def _factories(
-    checkpoint: str | None, name: str | None, kwargs: dict, baseline: bool, seed: int, device: str = "cpu"
+    checkpoint: str | None,
+    name: str | None,
+    kwargs: dict,
+    baseline: bool,
+    seed: int,
+    device: str = "cpu",
+    baseline_seeds: Sequence[int] = (),
 ) -> dict[str, Any]:
     import torch
 
     from stssl.encoders import build_encoder
     from stssl.eval.probe import load_encoder_from_checkpoint
 
-    given = None
-    if name:
-        torch.manual_seed(seed)
-        given = build_encoder(name, **kwargs)
+    def random_init(s: int) -> Any:
+        torch.manual_seed(s)
+        if name:
+            return build_encoder(name, **kwargs)
+        return load_encoder_from_checkpoint(str(checkpoint), random_init=True)
+
+    def factory(encoder: Any) -> Any:
+        return lambda: copy.deepcopy(encoder).to(device)
+
+    given = random_init(seed) if name else None
     factories: dict[str, Any] = {}
     if checkpoint:
-        pretrained = load_encoder_from_checkpoint(checkpoint, encoder=copy.deepcopy(given) if given else None)
-        factories["pretrained"] = lambda: copy.deepcopy(pretrained).to(device)
+        factories["pretrained"] = factory(
+            load_encoder_from_checkpoint(checkpoint, encoder=copy.deepcopy(given) if given else None))
     if baseline or not checkpoint:
-        torch.manual_seed(seed)
-        scratch = given if given is not None else load_encoder_from_checkpoint(str(checkpoint), random_init=True)
-        factories["scratch"] = lambda: copy.deepcopy(scratch).to(device)
+        factories["scratch"] = factory(given if given is not None else random_init(seed))
+        for s in baseline_seeds:
+            factories[f"scratch_seed{s}"] = factory(random_init(s))
     return factories
+
+
+def metric_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{"min": .., "mean": .., "max": ..}`` of the numeric entries that all ``rows`` share, nested as they are.
+
+    Non-finite values (e.g. the IoU of a class a test set lacks) are left out of a statistic; an entry that is not
+    a finite number in any row is dropped.
+
+    Example:
+        >>> spread = metric_spread([{"acc": 0.5, "0.1": {"miou": 0.2}}, {"acc": 0.7, "0.1": {"miou": 0.4}}])
+        >>> spread["min"], spread["max"]["0.1"], round(spread["mean"]["acc"], 6)
+        ({'acc': 0.5, '0.1': {'miou': 0.2}}, {'miou': 0.4}, 0.6)
+    """
+    spread: dict[str, dict[str, Any]] = {"min": {}, "mean": {}, "max": {}}
+    if not rows:
+        return spread
+    for key, value in rows[0].items():
+        values = [row.get(key) for row in rows]
+        if isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in values):
+            inner = metric_spread(values)  # type: ignore[arg-type]
+            for stat, tree in inner.items():
+                if tree:
+                    spread[stat][key] = tree
+            continue
+        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        finite = [v for v in numbers if math.isfinite(v)]
+        if len(numbers) == len(rows) and finite:
+            spread["min"][key], spread["max"][key] = min(finite), max(finite)
+            spread["mean"][key] = sum(finite) / len(finite)
+    return spread
 
 
 def _architecture(factories: dict[str, Any]) -> str | None:
@@ -108,6 +154,7 @@ def run_eval(
     output_dir: str | Path = "runs/eval",
     seed: int = 0,
     device: str = "auto",
+    baseline_seeds: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Score encoders with ``protocol`` and write ``metrics.json`` into ``output_dir``; returns the metrics.
 
@@ -121,9 +168,12 @@ def run_eval(
         seed: seeds the random init.
         device: where the frozen-feature protocols run their encoders (``"auto"``: CUDA when available); the
             training protocols use Lightning's ``accelerator="auto"``.
+        baseline_seeds: more random inits to score (``scratch_seed<S>``), summarised with ``scratch`` in
+            ``scratch_range`` (:func:`metric_spread`).
 
     Raises:
-        ValueError: when neither ``checkpoint`` nor ``encoder_name`` says which encoder to score.
+        ValueError: when neither ``checkpoint`` nor ``encoder_name`` says which encoder to score, or
+            ``baseline_seeds`` repeats a seed or is given without a baseline.
     """
     from stssl.eval.protocols import DepthPoseProtocol
 
@@ -131,6 +181,11 @@ def run_eval(
         raise ValueError("stssl-eval: give --checkpoint (an stssl-train .ckpt) or --encoder.name (random init only)")
     if checkpoint and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"stssl-eval: checkpoint {checkpoint} not found")
+    baseline_seeds = [int(s) for s in baseline_seeds]
+    if baseline_seeds and checkpoint and not baseline:
+        raise ValueError(f"stssl-eval: baseline_seeds {baseline_seeds} given with baseline: false")
+    if len({seed, *baseline_seeds}) != len(baseline_seeds) + 1:
+        raise ValueError(f"stssl-eval: baseline_seeds {baseline_seeds} must differ from each other and from seed {seed}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(protocol, DepthPoseProtocol):
@@ -140,9 +195,14 @@ def run_eval(
         import torch
 
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        factories = _factories(checkpoint, encoder_name, dict(encoder_kwargs or {}), baseline, seed, dev)
+        factories = _factories(checkpoint, encoder_name, dict(encoder_kwargs or {}), baseline, seed, dev,
+                               baseline_seeds)
     started = time.perf_counter()
     result = protocol.run(factories, out)
+    scratch_rows = [result[k] for k in ("scratch", *(f"scratch_seed{s}" for s in baseline_seeds))
+                    if isinstance(result.get(k), dict)]
+    if len(scratch_rows) > 1:
+        result["scratch_range"] = {"seeds": [seed, *baseline_seeds], **metric_spread(scratch_rows)}
     leaked = seeds_seen_in_pretraining(checkpoint, result)
     if leaked:
         logger.warning("stssl-eval: test scenes %s (%s world seeds) were pretraining video of %s: the pretrained "
@@ -177,6 +237,8 @@ def build_parser() -> Any:
     parser.add_argument("--baseline", type=bool, default=True, help="also score a random-init encoder")
     parser.add_argument("--output_dir", type=str, default="runs/eval", help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    parser.add_argument("--baseline_seeds", type=list[int], default=[],
+                        help="more random inits (scratch_seed<S>), summarised in scratch_range")
     parser.add_argument("--device", type=str, default="auto", help="device of the frozen-feature protocols")
     return parser
 
@@ -197,7 +259,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.save(cfg, out / "config.yaml", overwrite=True)
     metrics = run_eval(
         init.protocol, checkpoint=cfg.checkpoint, encoder_name=cfg.encoder.name, encoder_kwargs=cfg.encoder.kwargs,
-        baseline=cfg.baseline, output_dir=out, seed=cfg.seed, device=cfg.device,
+        baseline=cfg.baseline, output_dir=out, seed=cfg.seed, device=cfg.device, baseline_seeds=cfg.baseline_seeds,
     )
     print(json.dumps(metrics, indent=1))
     print(f"stssl-eval: wrote {out / 'metrics.json'}", flush=True)

@@ -102,6 +102,49 @@ def test_run_eval_records_test_scenes_seen_in_pretraining(tmp_path: Path, caplog
     assert not caplog.text
 
 
+class _FirstWeight(Protocol):
+    """Scores each encoder by its first parameter's mean: distinct random inits give distinct scores."""
+
+    name = "first_weight"
+
+    def run(self, encoders: dict, out_dir: Path) -> dict:
+        return {name: {"w": float(next(make().parameters()).detach().mean()), "nested": {"n": 1.0}, "tag": "x"}
+                for name, make in encoders.items()}
+
+
+def test_baseline_seeds_score_more_random_inits_and_their_range(tmp_path: Path) -> None:
+    _fake_checkpoint(tmp_path / "enc.ckpt")
+    out = run_eval(_FirstWeight(), checkpoint=str(tmp_path / "enc.ckpt"), encoder_name="resnet18_2d_tiny",
+                   output_dir=tmp_path / "run", seed=3, baseline_seeds=[0, 1])
+    assert set(out) >= {"pretrained", "scratch", "scratch_seed0", "scratch_seed1", "scratch_range"}
+    scores = [out[k]["w"] for k in ("scratch", "scratch_seed0", "scratch_seed1")]
+    assert len(set(scores)) == 3  # three different inits
+    spread = out["scratch_range"]
+    assert spread["seeds"] == [3, 0, 1] and spread["min"]["nested"] == {"n": 1.0} and "tag" not in spread["max"]
+    assert spread["min"]["w"] == min(scores) and spread["max"]["w"] == max(scores)
+    assert spread["mean"]["w"] == pytest.approx(sum(scores) / 3)
+    # each extra init is that seed's init: the same as the scratch row of a run with that seed
+    alone = run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "alone", seed=1)
+    assert alone["scratch"]["w"] == out["scratch_seed1"]["w"] and "scratch_range" not in alone
+    # a random-init-only run (no checkpoint) gets its range too
+    spread_ckpt = run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "r2",
+                           baseline_seeds=[1])["scratch_range"]
+    assert spread_ckpt["min"]["w"] < spread_ckpt["max"]["w"]
+    with pytest.raises(ValueError, match="must differ"):
+        run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "x", seed=1, baseline_seeds=[1])
+    with pytest.raises(ValueError, match="baseline: false"):
+        run_eval(_FirstWeight(), checkpoint=str(tmp_path / "enc.ckpt"), encoder_name="resnet18_2d_tiny",
+                 output_dir=tmp_path / "x", baseline=False, baseline_seeds=[1])
+
+
+def test_metric_spread_skips_non_finite_values() -> None:
+    from stssl.eval.cli import metric_spread
+
+    spread = metric_spread([{"a": 1.0, "b": float("nan"), "c": float("nan")}, {"a": 3.0, "b": 2.0, "c": float("nan")}])
+    assert spread["min"] == {"a": 1.0, "b": 2.0} and spread["mean"] == {"a": 2.0, "b": 2.0}
+    assert metric_spread([]) == {"min": {}, "mean": {}, "max": {}}
+
+
 def test_run_eval_needs_an_encoder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--checkpoint"):
         run_eval(SegmentationProtocol(), output_dir=tmp_path)

@@ -24,6 +24,7 @@ protocol:
     epochs: 20
     batch_size: 8
 baseline: true
+baseline_seeds: [1]
 """
 
 
@@ -51,6 +52,8 @@ def test_arrow_run_is_summarised_and_probed(tmp_path: Path, load_tool: Callable[
     assert written["checkpoint"] == str(Path(res["run_dir"]) / "checkpoints" / "last.ckpt")
     assert probe["pretrained"]["knn_acc"] == written["pretrained"]["knn_acc"]
     assert written["test_seeds_in_pretraining"] == []  # pretrained on seed 0, probed on seed 11
+    spread = probe["scratch_range"]  # two random inits: seed 0 (scratch) and 1
+    assert spread["seeds"] == [0, 1] and spread["min"]["linear_acc"] <= spread["max"]["linear_acc"]
 
     # --reuse summarises the finished run and its probe without running either again
     again = tmp_path / "again.json"
