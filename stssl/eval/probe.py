@@ -43,9 +43,9 @@ __all__ = [
     "knn_accuracy",
     "knn_classify",
     "linear_probe",
-    "pretraining_world",
     "load_encoder_from_checkpoint",
     "mean_class_accuracy",
+    "pretraining_world",
     "recalibrate_batchnorm",
 ]
 
