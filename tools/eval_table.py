@@ -6,7 +6,9 @@ Reads the ``metrics.json`` of every run directory given (any protocol: probe, se
 propagation, finetune, depth_pose) and keys each run by its checkpoint. Give names to checkpoints with
 ``--name NAME=CHECKPOINT`` (default: the checkpoint's run folder, e.g. ``vcop_tiny``). Scratch rows are keyed by
 the encoder architecture ``stssl-eval`` records (``scratch (ResNet3D, 0.12M parameters, dim 128)``), so every
-checkpoint of one architecture shares one scratch row; runs with ``baseline: false`` add none.
+checkpoint of one architecture shares one scratch row; runs with ``baseline: false`` add none. Runs that scored
+several random inits (``baseline_seeds``) add their range's mean and max as ``scratch mean of N (...)`` and
+``scratch max of N (...)`` rows: compare a checkpoint with those, not with one init.
 
     stssl-eval --config configs/eval/probe_world.yaml --checkpoint runs/vcop/.../last.ckpt --output_dir ev/probe_vcop
     stssl-eval --config configs/eval/segmentation_world.yaml --checkpoint ... --output_dir ev/seg_vcop
@@ -89,6 +91,11 @@ def collect(run_dirs: list[Path], names: dict[str, str] | None = None) -> dict[s
         rows = [(name, metrics["pretrained"])]
         if isinstance(metrics.get("scratch"), dict):
             rows.append((_scratch_key(metrics, name), metrics["scratch"]))
+        spread = metrics.get("scratch_range")
+        if isinstance(spread, dict):
+            for stat in ("mean", "max"):
+                key = _scratch_key(metrics, name).replace("scratch", f"scratch {stat} of {len(spread['seeds'])}", 1)
+                rows.append((key, spread[stat]))
         for row, result in rows:
             for column, value in metric_cells(metrics["protocol"], result).items():
                 value = float("nan") if value is None else float(value)

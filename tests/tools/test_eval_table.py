@@ -56,6 +56,20 @@ def test_rows_per_checkpoint_and_one_scratch_row_per_architecture(tmp_path: Path
     assert lines[-1].startswith(f"| scratch ({ARCH}) |")  # scratch rows last
 
 
+def test_a_range_of_random_inits_adds_mean_and_max_rows(tmp_path: Path, load_tool: Callable[[str], ModuleType]) -> None:
+    tool = load_tool("eval_table")
+    run = _run(tmp_path, "probe", "probe", "runs/simclr/version_0/checkpoints/last.ckpt",
+               {"knn_acc": 0.6, "linear_acc": 0.8}, {"knn_acc": 0.74, "linear_acc": 0.71})
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["scratch_range"] = {"seeds": [0, 1, 2], "min": {"knn_acc": 0.6, "linear_acc": 0.7},
+                                "mean": {"knn_acc": 0.7, "linear_acc": 0.75}, "max": {"knn_acc": 0.74, "linear_acc": 0.8}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    table = tool.collect([run])
+    assert table[f"scratch mean of 3 ({ARCH})"] == {"knn": 0.7, "linear": 0.75}
+    assert table[f"scratch max of 3 ({ARCH})"] == {"knn": 0.74, "linear": 0.8}
+    assert table[f"scratch ({ARCH})"] == {"knn": 0.74, "linear": 0.71} and table["simclr"]["linear"] == 0.8
+
+
 def test_main_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str], load_tool: Callable[[str], ModuleType]) -> None:
     tool = load_tool("eval_table")
     run = _run(tmp_path, "probe", "probe", "a/b/checkpoints/last.ckpt", {"knn_acc": math.nan, "linear_acc": 0.5})
