@@ -127,9 +127,9 @@ def test_baseline_seeds_score_more_random_inits_and_their_range(tmp_path: Path) 
     alone = run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "alone", seed=1)
     assert alone["scratch"]["w"] == out["scratch_seed1"]["w"] and "scratch_range" not in alone
     # a random-init-only run (no checkpoint) gets its range too
-    spread_ckpt = run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "r2",
+    spread_no_ckpt = run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "r2",
                            baseline_seeds=[1])["scratch_range"]
-    assert spread_ckpt["min"]["w"] < spread_ckpt["max"]["w"]
+    assert spread_no_ckpt["min"]["w"] < spread_no_ckpt["max"]["w"]
     with pytest.raises(ValueError, match="must differ"):
         run_eval(_FirstWeight(), encoder_name="resnet18_2d_tiny", output_dir=tmp_path / "x", seed=1, baseline_seeds=[1])
     with pytest.raises(ValueError, match="baseline: false"):
