@@ -66,9 +66,9 @@ def _checkpoint_name(checkpoint: str | None, names: dict[str, str]) -> str:
     return parts[-4] if len(parts) >= 4 and parts[-2] == "checkpoints" else Path(checkpoint).stem
 
 
-def _scratch_key(metrics: dict[str, Any], name: str) -> str:
+def _scratch_key(metrics: dict[str, Any], name: str, label: str = "scratch") -> str:
     """Scratch rows are per architecture (``metrics["architecture"]``, written by ``stssl-eval``), else per run."""
-    return f"scratch ({metrics.get('architecture') or metrics.get('encoder') or name})"
+    return f"{label} ({metrics.get('architecture') or metrics.get('encoder') or name})"
 
 
 def collect(run_dirs: list[Path], names: dict[str, str] | None = None) -> dict[str, Row]:
@@ -94,8 +94,7 @@ def collect(run_dirs: list[Path], names: dict[str, str] | None = None) -> dict[s
         spread = metrics.get("scratch_range")
         if isinstance(spread, dict):
             for stat in ("mean", "max"):
-                key = _scratch_key(metrics, name).replace("scratch", f"scratch {stat} of {len(spread['seeds'])}", 1)
-                rows.append((key, spread[stat]))
+                rows.append((_scratch_key(metrics, name, f"scratch {stat} of {len(spread['seeds'])}"), spread[stat]))
         for row, result in rows:
             for column, value in metric_cells(metrics["protocol"], result).items():
                 value = float("nan") if value is None else float(value)

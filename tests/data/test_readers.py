@@ -311,7 +311,7 @@ def test_available_backends_and_auto(tmp_path: Path, make_test_video: Callable[[
 
 
 def test_torchcodec_without_ffmpeg_is_not_available(
-    tmp_path: Path, make_test_video: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    make_test_video: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """torchcodec >= 0.10 imports without FFmpeg and fails only on decode: it must not count as available, and
     asking for it names the cause."""
