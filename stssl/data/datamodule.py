@@ -106,6 +106,10 @@ class ClipDataModule(L.LightningDataModule):
         batch_size: clips per batch (per process).
         num_workers: DataLoader workers (persistent when > 0).
         clips_per_video: training items per video per epoch (each a random clip).
+        train_clips: ``"random"`` (each training item a new random clip of its video every epoch) or ``"fixed"``
+            (``clips_per_video`` evenly spaced clips per video, the same every epoch; only the augmentation
+            changes): what a task that stores something per item (DeepCluster's pseudo-labels, a memory bank)
+            needs for item ``i`` to mean the same clip from one epoch to the next.
         val_clips_per_video: evenly spaced validation clips per video.
         on_decode_error: ``"skip"`` (log, count, serve another video) or ``"raise"``.
         augment: CPU random resized crop / flip / colour jitter in the workers (training only).
@@ -144,6 +148,7 @@ class ClipDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         clips_per_video: int = 1,
+        train_clips: str = "random",
         val_clips_per_video: int = 1,
         on_decode_error: str = "skip",
         augment: bool = True,
@@ -166,6 +171,8 @@ class ClipDataModule(L.LightningDataModule):
             raise ValueError(f"ClipDataModule: on_decode_error must be 'raise' or 'skip', got {on_decode_error!r}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"ClipDataModule: need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        if train_clips not in ("random", "fixed"):
+            raise ValueError(f"ClipDataModule: train_clips must be 'random' or 'fixed', got {train_clips!r}")
         self.save_hyperparameters(logger=False)
         self.sources = None if sources is None else [str(s) for s in sources]
         self.val_sources = None if val_sources is None else [str(s) for s in val_sources]
@@ -178,6 +185,7 @@ class ClipDataModule(L.LightningDataModule):
         self.size = (int(size[0]), int(size[1]))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.clips_per_video, self.val_clips_per_video = clips_per_video, val_clips_per_video
+        self.train_clips = train_clips
         self.on_decode_error = on_decode_error
         self.augment = augment
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
@@ -241,7 +249,7 @@ class ClipDataModule(L.LightningDataModule):
             frame_stride=self.frame_stride,
             offsets=self.offsets,
             size=self.size,
-            mode="random" if train else "uniform",
+            mode="random" if train and self.train_clips == "random" else "uniform",
             clips_per_video=self.clips_per_video if train else self.val_clips_per_video,
             backend=self.backend,
             transform=transform,

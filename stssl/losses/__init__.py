@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stssl.losses.clustering import inverse_size_weights, kmeans, sinkhorn_knopp, swav_loss
+from stssl.losses.clustering import inverse_size_weights, kmeans, pca_whitening, sinkhorn_knopp, swav_loss
 from stssl.losses.contrastive import (
     MoCoQueue,
     byol_loss,
@@ -24,6 +24,7 @@ __all__ = [
     "kmeans",
     "min_reprojection_loss",
     "nt_xent",
+    "pca_whitening",
     "photometric_error",
     "sinkhorn_knopp",
     "smoothness_loss",

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from stssl.checks import check_shape
 from stssl.losses.contrastive import cross_view_cross_entropy
 
-__all__ = ["sinkhorn_knopp", "swav_loss", "kmeans", "inverse_size_weights", "KMEANS_METRICS", "KMEANS_INITS"]
+__all__ = ["sinkhorn_knopp", "swav_loss", "kmeans", "pca_whitening", "inverse_size_weights", "KMEANS_METRICS", "KMEANS_INITS"]
 
 KMEANS_METRICS = ("euclidean", "cosine")
 KMEANS_INITS = ("k-means++", "random")
@@ -197,6 +197,51 @@ def kmeans(
             centroids = _reassign_empty(centroids, counts, generator, perturbation, cosine)
         assignments = _nearest(data, centroids, cosine)
     return centroids.to(x.dtype), assignments
+
+
+def pca_whitening(x: torch.Tensor, dim: int | None = None, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA whitening fitted on ``x`` (DeepCluster's step before k-means: PCA, whitening, then L2 normalisation).
+
+    Returns ``(mean (D,), projection (D, d))`` such that ``(x - mean) @ projection`` has (up to ``eps``) identity
+    covariance over ``x``'s rows: the ``d`` leading principal directions, each divided by the square root of its
+    variance plus ``eps`` times the largest variance. Without it, a direction that dominates every embedding (a
+    near-constant component after a partial collapse) also dominates the clustering, and the clusters follow noise
+    in it; whitened, every retained direction weighs the same.
+
+    Args:
+        x: ``(N, D)`` samples, ``N >= 2``.
+        dim: directions kept (``d``); ``None``: ``min(D, N - 1)``, all that the samples can span.
+        eps: variance floor relative to the largest variance (directions with none are not blown up without limit).
+
+    Returns:
+        float tensors in ``x``'s dtype (float32 for half inputs), on ``x``'s device.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 0.2], [2.0, 0.2]])
+        >>> mean, proj = pca_whitening(x)
+        >>> white = (x - mean) @ proj
+        >>> torch.allclose(white.T @ white / 3, torch.eye(2), atol=1e-4)
+        True
+    """
+    sizes = check_shape(x, "N D", name="pca_whitening: x")
+    n, d_in = sizes["N"], sizes["D"]
+    if n < 2:
+        raise ValueError(f"pca_whitening: need at least 2 samples, got x of shape {tuple(x.shape)}")
+    keep = min(d_in, n - 1) if dim is None else int(dim)
+    if not 1 <= keep <= d_in:
+        raise ValueError(f"pca_whitening: dim must be in [1, D={d_in}] or None, got {dim}")
+    if not eps > 0:
+        raise ValueError(f"pca_whitening: eps must be > 0, got {eps}")
+    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    with torch.no_grad():
+        data = x.detach().double()
+        mean = data.mean(dim=0)
+        centred = data - mean
+        variances, vectors = torch.linalg.eigh(centred.T @ centred / (n - 1))  # ascending
+        variances, vectors = variances.flip(0)[:keep].clamp(min=0), vectors.flip(1)[:, :keep]
+        scale = (variances + eps * variances[0].clamp(min=torch.finfo(torch.float64).tiny)).rsqrt()
+        projection = vectors * scale
+    return mean.to(dtype), projection.to(dtype)
 
 
 def _kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:

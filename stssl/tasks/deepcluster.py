@@ -5,13 +5,21 @@ Every training call embeds an augmented sub-clip of each batch clip (:class:`~st
 with one view), writes the L2-normalised, detached embedding into a memory at the row ``batch["index"]`` (the
 dataset item), and trains a classifier head to predict the item's k-means pseudo-label, the cross-entropy weighted
 by :func:`~stssl.losses.clustering.inverse_size_weights` (every cluster weighs the same, DeepCluster's uniform
-sampling over clusters). The memory is re-clustered with :func:`~stssl.losses.clustering.kmeans` (k-means++ seeding,
-empty-cluster splitting) every ``recluster_every`` epochs' worth of training calls, and right away when there are
-no centroids yet; until the memory holds ``num_clusters`` items, it is re-clustered whenever it has grown (a short
-warm-up with ``k`` = the items seen). After every re-clustering the classifier is drawn anew (cluster indices
-carry no meaning across clusterings), in place: the optimizer keeps its parameters, and its moment estimates for
-them, which DeepCluster would reset. Pseudo-labels are those of the last clustering; items written after it (not
-yet clustered) take their nearest centroid.
+sampling over clusters). As in DeepCluster, the first clustering waits for the whole data set: the first epoch's
+training calls only fill the memory (their loss is zero), and the call that completes the epoch clusters it. The
+memory is then re-clustered with :func:`~stssl.losses.clustering.kmeans` (k-means++ seeding, empty-cluster
+splitting) every ``recluster_every`` epochs' worth of calls, on DeepCluster's features: PCA-whitened
+(:func:`~stssl.losses.clustering.pca_whitening`, fitted on the memory at each clustering) and L2-normalised
+(``whiten=False``: the normalised embeddings as they are). After every re-clustering the classifier is drawn anew
+(cluster indices carry no meaning across clusterings), in place: the optimizer keeps its parameters, and its moment
+estimates for them, which DeepCluster would reset. Pseudo-labels are those of the last clustering; items written
+after it (not yet clustered) take their nearest centroid in the whitened space.
+
+Why the wait and the whitening (measured on the driving world, 16 videos x 8 clips, 16 clusters): clustering the
+first batch and labelling every later item by its own nearest centroid let the network fit labels it set itself for
+a whole period (accuracy 0.88), during which the embeddings of all items converged to one direction (mean cosine
+0.94 between clips of different videos, as between clips of one video); the next clustering then split noise, its
+labels could not be predicted from a fresh clip (loss at ln 16 for the rest of the run).
 
 k-means and the classifier re-draw use generators seeded from ``(seed, number of re-clusterings)``, not the batch
 generator, so they do not depend on the step's label draw. The memory is per process (gathering it across ranks is
@@ -34,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stssl.encoders.base import Encoder
-from stssl.losses.clustering import KMEANS_METRICS, inverse_size_weights, kmeans
+from stssl.losses.clustering import KMEANS_METRICS, inverse_size_weights, kmeans, pca_whitening
 from stssl.seeding import seeded_generator
 from stssl.tasks.base import PretextTask, TaskRequirements
 from stssl.tasks.common import (
@@ -73,17 +81,20 @@ class DeepClusterTask(PretextTask):
         memory_size: rows of the memory, at least the number of training items (``len(train dataset)``); a larger
             ``batch["index"]`` is an error.
         recluster_every: epochs between re-clusterings.
-        steps_per_epoch: training calls per epoch; None: ``ceil(memory_size / B)``, the calls that write every row
-            once.
+        steps_per_epoch: training calls per epoch (the first epoch fills the memory); None: ``ceil(memory_size / B)``,
+            the calls that write every row once.
         kmeans_iterations: Lloyd iterations per clustering.
         metric: k-means metric, ``"cosine"`` (spherical, on the normalised embeddings) or ``"euclidean"``.
+        whiten: PCA-whiten the memory before clustering (DeepCluster); the transform fitted at each clustering also
+            places fresh and validation items.
         pool_grid: ``(h, w)`` cells kept from the dense map.
         dim: width of the clustered embedding; ``hidden``: of the MLP producing it.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
 
     Logs ``loss``, ``acc`` (classifier top-1 on the pseudo-labels), the collapse monitors ``clusters_used`` and
     ``max_cluster_frac`` (of the last clustering's labels over the memory; of the batch's labels in validation),
-    ``z_std`` and ``reclusters`` (clusterings so far).
+    ``z_std`` and ``reclusters`` (clusterings so far); in the first epoch, before any clustering, ``loss`` (zero),
+    ``z_std`` and ``reclusters`` only.
 
     Example:
         >>> from stssl.encoders.resnet3d import r3d_tiny
@@ -91,10 +102,13 @@ class DeepClusterTask(PretextTask):
         >>> views = TemporalViews(num_views=1, view_len=2, size=16)
         >>> task = DeepClusterTask(views, num_clusters=3, memory_size=8, dim=8, hidden=16)
         >>> task.build(enc.spec)
-        >>> batch = {"video": torch.rand(4, 3, 4, 32, 32), "index": torch.tensor([0, 1, 2, 3])}
-        >>> out = task(batch, enc, torch.Generator().manual_seed(0))
+        >>> video = torch.rand(4, 3, 4, 32, 32)
+        >>> out = task({"video": video, "index": torch.tensor([0, 1, 2, 3])}, enc, torch.Generator().manual_seed(0))
+        >>> int(task.reclusters), float(out.logs["loss"])  # an epoch is 2 calls of 4: the first only fills the memory
+        (0, 0.0)
+        >>> out = task({"video": video, "index": torch.tensor([4, 5, 6, 7])}, enc, torch.Generator().manual_seed(1))
         >>> int(task.reclusters), int(task.seen.sum()), int(out.logs["clusters_used"]) <= 3
-        (1, 4, True)
+        (1, 8, True)
     """
 
     default_name = "deepcluster"
@@ -102,6 +116,8 @@ class DeepClusterTask(PretextTask):
     seen: torch.Tensor
     labels: torch.Tensor
     centroids: torch.Tensor
+    white_mean: torch.Tensor
+    white_proj: torch.Tensor
     cluster_weight: torch.Tensor
     active: torch.Tensor
     steps: torch.Tensor
@@ -117,6 +133,7 @@ class DeepClusterTask(PretextTask):
         steps_per_epoch: int | None = None,
         kmeans_iterations: int = 20,
         metric: str = "cosine",
+        whiten: bool = True,
         pool_grid: tuple[int, int] = (1, 1),
         dim: int = 128,
         hidden: int = 256,
@@ -143,6 +160,7 @@ class DeepClusterTask(PretextTask):
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.kmeans_iterations = int(kmeans_iterations)
         self.metric = metric
+        self.whiten = bool(whiten)
         self.views = views if views is not None else TemporalViews(num_views=1)
         if self.views.num_views != 1:
             raise ValueError(f"{owner}: needs views.num_views == 1 (one embedding per item), got {self.views.num_views}")
@@ -154,6 +172,9 @@ class DeepClusterTask(PretextTask):
         self.register_buffer("seen", torch.zeros(self.memory_size, dtype=torch.bool))
         self.register_buffer("labels", torch.full((self.memory_size,), -1, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(K, self.dim))
+        # the clustering space: (z - white_mean) @ white_proj, L2-normalised (identity without whitening)
+        self.register_buffer("white_mean", torch.zeros(self.dim))
+        self.register_buffer("white_proj", torch.eye(self.dim))
         self.register_buffer("cluster_weight", torch.ones(K))
         self.register_buffer("active", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -170,19 +191,25 @@ class DeepClusterTask(PretextTask):
         self.projection = mlp_head(pooled_dim(spec.dim, self.pool_grid), self.hidden, self.dim)
         self.classifier = nn.Linear(self.dim, self.num_clusters)
 
+    def epoch_calls(self, batch_size: int) -> int:
+        """Training calls per epoch for batches of ``batch_size`` clips."""
+        return self.steps_per_epoch or math.ceil(self.memory_size / max(1, batch_size))
+
     def recluster_interval(self, batch_size: int) -> int:
         """Training calls between re-clusterings for batches of ``batch_size`` clips."""
-        per_epoch = self.steps_per_epoch or math.ceil(self.memory_size / max(1, batch_size))
-        return self.recluster_every * per_epoch
+        return self.recluster_every * self.epoch_calls(batch_size)
 
     def recluster_due(self, batch_size: int) -> bool:
-        """Whether the next training call re-clusters (see the module docstring)."""
-        active, seen = int(self.active), int(self.seen.sum())
-        if active == 0:
-            return True
-        if active < self.num_clusters and seen > active:
-            return True
+        """Whether the current training call (its items already written) re-clusters (see the module docstring)."""
+        if int(self.active) == 0:
+            return int(self.steps) + 1 >= self.epoch_calls(batch_size)
         return int(self.steps) - int(self.last_recluster) >= self.recluster_interval(batch_size)
+
+    def cluster_space(self, z: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(N, dim)`` in the space of the last clustering (whitened with its fit, L2-normalised)."""
+        if not self.whiten:
+            return z
+        return F.normalize((z - self.white_mean.to(z)) @ self.white_proj.to(z), dim=1)
 
     @torch.no_grad()
     def recluster(self) -> None:
@@ -191,7 +218,14 @@ class DeepClusterTask(PretextTask):
         rows = torch.nonzero(self.seen).flatten()
         k = min(self.num_clusters, rows.numel())
         gen = seeded_generator(self.seed, int(self.reclusters))
-        centroids, assign = kmeans(self.memory[rows], k, self.kmeans_iterations, generator=gen, metric=self.metric)
+        data = self.memory[rows]
+        if self.whiten and rows.numel() >= 2:
+            mean, proj = pca_whitening(data, dim=min(self.dim, rows.numel() - 1))
+            self.white_mean.copy_(mean)
+            self.white_proj.zero_()
+            self.white_proj[:, : proj.shape[1]] = proj  # unused directions stay 0
+        data = self.cluster_space(data)
+        centroids, assign = kmeans(data, k, self.kmeans_iterations, generator=gen, metric=self.metric)
         self.centroids.zero_()
         self.centroids[:k] = centroids
         self.active.fill_(k)
@@ -223,19 +257,25 @@ class DeepClusterTask(PretextTask):
                 self.seen[index] = True
                 if self.recluster_due(B):
                     self.recluster()
+                self.steps += 1
+            if int(self.active) == 0:  # the first epoch fills the memory: nothing to predict yet
+                loss = self.classifier(F.relu(feats)).sum() * 0.0 + 0.0  # +0, with every parameter in the graph
+                logs = {"loss": loss.detach(), "reclusters": self.reclusters.float()}
+                log_embedding_std(logs, "z_std", feats)
+                return TaskOutput(loss=loss, logs=logs)
+            with torch.no_grad():
                 target = self.labels[index]
                 fresh = target < 0  # written after the last clustering
                 if bool(fresh.any()):
                     k = int(self.active)
-                    target[fresh] = nearest_centroid(z[fresh], self.centroids[:k].to(z), self.metric)
-                self.steps += 1
+                    target[fresh] = nearest_centroid(self.cluster_space(z[fresh]), self.centroids[:k].to(z), self.metric)
             occupancy = cluster_occupancy(self.labels[self.seen & (self.labels >= 0)], self.num_clusters)
             weights = self.cluster_weight[target]
         else:
             with torch.no_grad():
                 k = int(self.active)
                 if k > 0:
-                    target = nearest_centroid(z, self.centroids[:k].to(z), self.metric)
+                    target = nearest_centroid(self.cluster_space(z), self.centroids[:k].to(z), self.metric)
                     weights = self.cluster_weight[target]
                 else:  # no clustering yet: a k-means of the batch stands in
                     kk = min(self.num_clusters, B)

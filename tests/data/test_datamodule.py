@@ -158,6 +158,27 @@ def test_epoch_sampler_reshuffles_and_resamples(scenes: Path) -> None:
     assert torch.equal(fi1, torch.stack(ref))
 
 
+def test_fixed_train_clips_keep_each_item_on_its_clip(scenes: Path) -> None:
+    dm = small_dm([str(scenes)], clips_per_video=3, train_clips="fixed", augment=False)
+    dm.setup("fit")
+    assert dm.train_dataset is not None
+    ds = dm.train_dataset
+    epoch0 = [ds[i]["frame_indices"] for i in range(len(ds))]
+    ds.set_epoch(1)
+    epoch1 = [ds[i]["frame_indices"] for i in range(len(ds))]
+    assert len(ds) == 9 and all(torch.equal(a, b) for a, b in zip(epoch0, epoch1, strict=True))
+    starts = [int(f[0]) for f in epoch0[:3]]  # one video's 3 clips: evenly spaced, distinct
+    assert starts == sorted(starts) and len(set(starts)) == 3
+    random_dm = small_dm([str(scenes)], clips_per_video=3, augment=False)  # the default draws anew each epoch
+    random_dm.setup("fit")
+    assert random_dm.train_dataset is not None
+    first = [random_dm.train_dataset[i]["frame_indices"] for i in range(9)]
+    random_dm.train_dataset.set_epoch(1)
+    assert not all(torch.equal(a, random_dm.train_dataset[i]["frame_indices"]) for i, a in enumerate(first))
+    with pytest.raises(ValueError, match="train_clips must be 'random' or 'fixed', got 'even'"):
+        small_dm([str(scenes)], train_clips="even")
+
+
 @pytest.mark.slow
 def test_persistent_workers_see_the_epoch(scenes: Path) -> None:
     # spawn: the test process has used decord already, and forking it can deadlock the workers.

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from stssl.losses.clustering import inverse_size_weights, kmeans, sinkhorn_knopp, swav_loss
+from stssl.losses.clustering import inverse_size_weights, kmeans, pca_whitening, sinkhorn_knopp, swav_loss
 
 F64 = torch.float64
 
@@ -230,6 +230,39 @@ def test_kmeans_with_duplicate_points_and_bad_inputs() -> None:
 
 
 # --- inverse-size weights --------------------------------------------------------------------------------------
+
+
+def test_pca_whitening_matches_an_svd_reference_and_whitens() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    x = x + 3.0  # an offset common to every row, as in a partly collapsed embedding
+    mean, proj = pca_whitening(x, eps=1e-12)
+    white = (x - mean) @ proj
+    torch.testing.assert_close(white.T @ white / 49, torch.eye(6, dtype=torch.float64))
+    # reference: principal directions from the SVD of the centred data, scaled to unit variance (signs may differ)
+    _, s, vt = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    ref = (x - x.mean(0)) @ vt.T / (s / 49**0.5)
+    torch.testing.assert_close(white.abs(), ref.abs())
+    mean2, proj2 = pca_whitening(x, dim=2)  # the two leading directions only
+    assert proj2.shape == (6, 2)
+    torch.testing.assert_close(((x - mean2) @ proj2).abs(), ref[:, :2].abs(), atol=1e-4, rtol=1e-4)
+
+
+def test_pca_whitening_floors_empty_directions_and_rejects_bad_inputs() -> None:
+    x = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 2.0, 1.0], [1.0, 2.0, 1.0]])  # no variance in the 3rd
+    mean, proj = pca_whitening(x, dim=3)
+    assert torch.isfinite(proj).all() and proj.dtype == torch.float32
+    torch.testing.assert_close(mean, torch.tensor([0.5, 1.0, 1.0]))
+    assert pca_whitening(x)[1].shape == (3, 3)  # min(D, N - 1) = 3
+    assert pca_whitening(x.half())[1].dtype == torch.float32
+    with pytest.raises(ValueError, match="pca_whitening: need at least 2 samples"):
+        pca_whitening(x[:1])
+    with pytest.raises(ValueError, match=r"pca_whitening: dim must be in \[1, D=3\]"):
+        pca_whitening(x, dim=4)
+    with pytest.raises(ValueError, match="pca_whitening: eps must be > 0"):
+        pca_whitening(x, eps=0.0)
+    with pytest.raises(ValueError, match="pca_whitening: x: expected shape"):
+        pca_whitening(torch.zeros(4))
 
 
 def test_inverse_size_weights_give_every_cluster_equal_mass() -> None:

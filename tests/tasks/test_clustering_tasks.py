@@ -55,7 +55,7 @@ def _train(task, enc, video: torch.Tensor, steps: int, batch: int, lr: float = 1
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[-1]}
 
 
 # -- Sinkhorn pseudo-labels -----------------------------------------------------------------------------------------
@@ -266,39 +266,49 @@ def _deepcluster(**kwargs):
 def test_deepcluster_reclusters_on_schedule(tiny_video) -> None:
     enc, task = _deepcluster()  # memory 8, batches of 2: an epoch is 4 calls
     assert task.recluster_interval(2) == 4
-    counts = []
+    counts, losses = [], []
     for step in range(10):
         index = torch.tensor([(2 * step) % 8, (2 * step + 1) % 8])
-        task({"video": tiny_video, "index": index}, enc, generator=torch.Generator().manual_seed(step))
+        out = task({"video": tiny_video, "index": index}, enc, generator=torch.Generator().manual_seed(step))
         counts.append(int(task.reclusters))
-    # call 0: first clustering (k=2, 2 items seen); call 1: warm-up to k=3 (4 seen > 2 active); then every 4 calls
-    assert counts == [1, 2, 2, 2, 2, 3, 3, 3, 3, 4], counts
+        losses.append(float(out.loss.detach()))
+    # calls 0-3 fill the memory (zero loss until the data set is clustered); call 3 clusters it; then every 4 calls
+    assert counts == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2], counts
+    assert losses[:3] == [0.0, 0.0, 0.0] and all(loss > 0 for loss in losses[3:]), losses
     assert int(task.active) == 3 and bool(task.seen.all())
 
 
-def test_deepcluster_labels_are_the_kmeans_of_the_memory(tiny_video) -> None:
-    enc, task = _deepcluster(memory_size=4)
-    for step in range(2):  # the second call re-clusters all 4 items (warm-up: 4 seen > 2 active)
+@pytest.mark.parametrize("whiten", [True, False])
+def test_deepcluster_labels_are_the_kmeans_of_the_memory(tiny_video, whiten: bool) -> None:
+    enc, task = _deepcluster(memory_size=4, whiten=whiten)
+    for step in range(2):  # the second call completes the first epoch and clusters all 4 items
         index = torch.tensor([2 * step, 2 * step + 1])
         task({"video": tiny_video, "index": index}, enc, generator=torch.Generator().manual_seed(step))
     labels = task.labels
     assert (labels >= 0).all()
-    torch.testing.assert_close(labels, nearest_centroid(task.memory, task.centroids[: int(task.active)]))
+    white = task.cluster_space(task.memory)  # PCA-whitened (fitted on these 4 rows), L2-normalised
+    torch.testing.assert_close(labels, nearest_centroid(white, task.centroids[: int(task.active)]))
     weights = inverse_size_weights(labels, 3) * 4
     torch.testing.assert_close(task.cluster_weight[labels], weights)
     assert task.memory.norm(dim=1).allclose(torch.ones(4))
+    if not whiten:
+        assert torch.equal(white, task.memory)
+        return
+    kept = (task.memory - task.white_mean) @ task.white_proj[:, :3]  # 4 rows span 3 directions; the rest are 0
+    torch.testing.assert_close(kept.T @ kept / 3, torch.eye(3), atol=1e-3, rtol=0)
+    assert not task.white_proj[:, 3:].any()
 
 
 def test_deepcluster_reinitialises_the_classifier_and_labels_unseen_items(tiny_video) -> None:
-    enc, task = _deepcluster(memory_size=8, steps_per_epoch=100)
+    enc, task = _deepcluster(memory_size=8, steps_per_epoch=2, recluster_every=50)
     for step in range(2):
         task({"video": tiny_video, "index": torch.tensor([2 * step, 2 * step + 1])}, enc)
     assert task.classifier is not None
     with torch.no_grad():
         task.classifier.weight.fill_(0.5)
-    assert int(task.reclusters) == 2 and int(task.active) == 3  # the warm-up ended: 4 seen > 3 = K
+    assert int(task.reclusters) == 1 and int(task.active) == 3  # a 2-call epoch of 4 items, clustered
     task({"video": tiny_video, "index": torch.tensor([4, 5])}, enc)  # not due: items 4, 5 take their nearest centroid
-    assert int(task.reclusters) == 2 and bool((task.labels[4:] == -1).all())
+    assert int(task.reclusters) == 1 and bool((task.labels[4:] == -1).all())
     assert bool((task.classifier.weight == 0.5).all())
     task.recluster()
     assert not bool((task.classifier.weight == 0.5).any())  # drawn anew
@@ -329,7 +339,7 @@ def test_deepcluster_validation_changes_nothing_and_index_errors(tiny_video) -> 
 
 
 def test_deepcluster_gradients(tiny_video) -> None:
-    enc, task = _deepcluster(pool_grid=(2, 2))
+    enc, task = _deepcluster(pool_grid=(2, 2), steps_per_epoch=1)  # clusters at the first call
     out = task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, generator=torch.Generator().manual_seed(0))
     assert {"loss", "acc", "clusters_used", "max_cluster_frac", "reclusters", "z_std"} == set(out.logs)
     out.loss.backward()
@@ -343,12 +353,12 @@ def test_deepcluster_classifier_learns_the_pseudo_labels_without_collapse() -> N
     clusters stay occupied."""
     torch.manual_seed(0)
     enc = r3d_tiny(width=8)
-    task = DeepClusterTask(_views(1, view_len=4, augment=False), num_clusters=4, memory_size=16, steps_per_epoch=40,
-                           dim=16, hidden=32)
+    task = DeepClusterTask(_views(1, view_len=4, augment=False), num_clusters=4, memory_size=16, steps_per_epoch=2,
+                           recluster_every=20, dim=16, hidden=32)  # clustered after the first 2 calls, not again
     task.build(enc.spec)
     video = textures(16, 8, generator=torch.Generator().manual_seed(0))
     history = _train(task, enc, video, steps=40, batch=8, lr=3e-3)
-    first, last = _mean(history[:5]), _mean(history[-8:])
+    first, last = _mean(history[1:6]), _mean(history[-8:])
     assert history[-1]["reclusters"] == 1.0
     assert last["loss"] < 0.6 * first["loss"] and last["acc"] > 0.6, (first, last)
     assert last["clusters_used"] == 4 and last["max_cluster_frac"] <= 0.5, last
