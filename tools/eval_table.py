@@ -6,9 +6,10 @@ Reads the ``metrics.json`` of every run directory given (any protocol: probe, se
 propagation, finetune, depth_pose) and keys each run by its checkpoint. Give names to checkpoints with
 ``--name NAME=CHECKPOINT`` (default: the checkpoint's run folder, e.g. ``vcop_tiny``). Scratch rows are keyed by
 the encoder architecture ``stssl-eval`` records (``scratch (ResNet3D, 0.12M parameters, dim 128)``), so every
-checkpoint of one architecture shares one scratch row; runs with ``baseline: false`` add none. Runs that scored
-several random inits (``baseline_seeds``) add their range's mean and max as ``scratch mean of N (...)`` and
-``scratch max of N (...)`` rows: compare a checkpoint with those, not with one init.
+checkpoint of one architecture shares its scratch rows; runs with ``baseline: false`` add none. Random inits of
+several seeds (a run's ``baseline_seeds``, or runs of random inits alone, ``stssl-eval --encoder.name NAME --seed
+S``) give a row per seed and ``scratch mean of N (...)`` / ``scratch max of N (...)`` rows: compare a checkpoint
+with those, not with one init.
 
     stssl-eval --config configs/eval/probe_world.yaml --checkpoint runs/vcop/.../last.ckpt --output_dir ev/probe_vcop
     stssl-eval --config configs/eval/segmentation_world.yaml --checkpoint ... --output_dir ev/seg_vcop
@@ -66,42 +67,79 @@ def _checkpoint_name(checkpoint: str | None, names: dict[str, str]) -> str:
     return parts[-4] if len(parts) >= 4 and parts[-2] == "checkpoints" else Path(checkpoint).stem
 
 
-def _scratch_key(metrics: dict[str, Any], name: str, label: str = "scratch") -> str:
+def _architecture(metrics: dict[str, Any], name: str) -> str:
     """Scratch rows are per architecture (``metrics["architecture"]``, written by ``stssl-eval``), else per run."""
-    return f"{label} ({metrics.get('architecture') or metrics.get('encoder') or name})"
+    return str(metrics.get("architecture") or metrics.get("encoder") or name)
+
+
+def _scratch_entries(metrics: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """``(seed, result)`` of every random init a run scored: ``scratch`` (its ``seed``, 0 if not recorded) and
+    ``scratch_seed<S>``."""
+    entries = []
+    if isinstance(metrics.get("scratch"), dict):
+        entries.append((int(metrics.get("seed") or 0), metrics["scratch"]))
+    for key, result in metrics.items():
+        if key.startswith("scratch_seed") and key[len("scratch_seed"):].isdigit() and isinstance(result, dict):
+            entries.append((int(key[len("scratch_seed"):]), result))
+    return entries
+
+
+def _put(cells: Row, row: str, new: Row, path: Path) -> None:
+    """Add ``new`` to ``row``'s ``cells``; a cell two runs give different values is an error."""
+    for column, value in new.items():
+        value = float("nan") if value is None else float(value)
+        old = cells.get(column)
+        if old is not None and not (math.isclose(old, value, abs_tol=1e-9) or (math.isnan(old) and math.isnan(value))):
+            raise ValueError(f"eval_table: row {row!r} column {column!r} has {old} and {value} ({path})")
+        cells[column] = value
 
 
 def collect(run_dirs: list[Path], names: dict[str, str] | None = None) -> dict[str, Row]:
     """``{row name: {column: value}}`` from the ``metrics.json`` of every run directory.
 
+    Every random init is a row of its architecture: ``scratch (<architecture>)`` when the runs hold one seed of it,
+    ``scratch seed <S> (<architecture>)`` per seed when they hold several, gathered from every run (a checkpoint's
+    baseline, its ``baseline_seeds``, and runs of a random init alone: ``stssl-eval --encoder.name ... --seed S``).
+    Several seeds add ``scratch mean of N (...)`` and ``scratch max of N (...)`` rows, each cell over the ``N`` seeds
+    that scored that column (NaN cells skipped), so a probe scored over 5 inits and a segmentation over 3 give rows
+    of 5 and of 3.
+
     Raises:
         FileNotFoundError: a run directory without ``metrics.json``.
-        ValueError: a ``metrics.json`` without ``protocol`` or ``pretrained``, or two runs giving one cell different
-            values.
+        ValueError: a ``metrics.json`` without ``protocol`` or any encoder result, or two runs giving one cell
+            different values.
     """
     table: dict[str, Row] = {}
+    scratch: dict[str, dict[int, Row]] = {}  # architecture label -> seed -> cells
     for run_dir in run_dirs:
         path = run_dir / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"eval_table: {path} not found (is {run_dir} an stssl-eval output_dir?)")
         metrics = json.loads(path.read_text())
-        if "protocol" not in metrics or "pretrained" not in metrics:
-            raise ValueError(f"eval_table: {path} has no 'protocol' or 'pretrained' key; not an stssl-eval result")
+        entries = _scratch_entries(metrics) if isinstance(metrics, dict) else []
+        if not isinstance(metrics, dict) or "protocol" not in metrics or ("pretrained" not in metrics and not entries):
+            raise ValueError(f"eval_table: {path} has no 'protocol' or 'pretrained' / 'scratch' key; "
+                             "not an stssl-eval result")
         name = _checkpoint_name(metrics.get("checkpoint"), names or {})
-        rows = [(name, metrics["pretrained"])]
-        if isinstance(metrics.get("scratch"), dict):
-            rows.append((_scratch_key(metrics, name), metrics["scratch"]))
-        spread = metrics.get("scratch_range")
-        if isinstance(spread, dict):
-            for stat in ("mean", "max"):
-                rows.append((_scratch_key(metrics, name, f"scratch {stat} of {len(spread['seeds'])}"), spread[stat]))
-        for row, result in rows:
-            for column, value in metric_cells(metrics["protocol"], result).items():
-                value = float("nan") if value is None else float(value)
-                old = table.setdefault(row, {}).get(column)
-                if old is not None and not (math.isclose(old, value, abs_tol=1e-9) or (math.isnan(old) and math.isnan(value))):
-                    raise ValueError(f"eval_table: row {row!r} column {column!r} has {old} and {value} ({path})")
-                table[row][column] = value
+        if "pretrained" in metrics:
+            _put(table.setdefault(name, {}), name, metric_cells(metrics["protocol"], metrics["pretrained"]), path)
+        label = _architecture(metrics, name)
+        for seed, result in entries:
+            cells = scratch.setdefault(label, {}).setdefault(seed, {})
+            _put(cells, f"scratch seed {seed} ({label})", metric_cells(metrics["protocol"], result), path)
+    for label, seeds in scratch.items():
+        if len(seeds) == 1:
+            table[f"scratch ({label})"] = next(iter(seeds.values()))
+            continue
+        for seed in sorted(seeds):
+            table[f"scratch seed {seed} ({label})"] = seeds[seed]
+        columns = {c for cells in seeds.values() for c in cells}
+        for column in columns:
+            values = [cells[column] for cells in seeds.values() if column in cells and not math.isnan(cells[column])]
+            if len(values) < 2:
+                continue
+            table.setdefault(f"scratch mean of {len(values)} ({label})", {})[column] = sum(values) / len(values)
+            table.setdefault(f"scratch max of {len(values)} ({label})", {})[column] = max(values)
     return table
 
 

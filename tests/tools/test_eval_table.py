@@ -56,18 +56,30 @@ def test_rows_per_checkpoint_and_one_scratch_row_per_architecture(tmp_path: Path
     assert lines[-1].startswith(f"| scratch ({ARCH}) |")  # scratch rows last
 
 
-def test_a_range_of_random_inits_adds_mean_and_max_rows(tmp_path: Path, load_tool: Callable[[str], ModuleType]) -> None:
+def test_random_inits_of_several_seeds_give_a_row_each_and_mean_and_max_rows(
+    tmp_path: Path, load_tool: Callable[[str], ModuleType]
+) -> None:
     tool = load_tool("eval_table")
     run = _run(tmp_path, "probe", "probe", "runs/simclr/version_0/checkpoints/last.ckpt",
                {"knn_acc": 0.6, "linear_acc": 0.8}, {"knn_acc": 0.74, "linear_acc": 0.71})
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics["scratch_range"] = {"seeds": [0, 1, 2], "min": {"knn_acc": 0.6, "linear_acc": 0.7},
-                                "mean": {"knn_acc": 0.7, "linear_acc": 0.75}, "max": {"knn_acc": 0.74, "linear_acc": 0.8}}
+    metrics.update(seed=0, scratch_seed1={"knn_acc": 0.6, "linear_acc": 0.8},
+                   scratch_seed2={"knn_acc": 0.76, "linear_acc": 0.74})  # baseline_seeds: [1, 2]
     (run / "metrics.json").write_text(json.dumps(metrics))
-    table = tool.collect([run])
-    assert table[f"scratch mean of 3 ({ARCH})"] == {"knn": 0.7, "linear": 0.75}
-    assert table[f"scratch max of 3 ({ARCH})"] == {"knn": 0.74, "linear": 0.8}
-    assert table[f"scratch ({ARCH})"] == {"knn": 0.74, "linear": 0.71} and table["simclr"]["linear"] == 0.8
+    seg = [_run(tmp_path, f"seg{s}", "segmentation", None, None, {"1.0": {"miou": m}})  # random inits alone
+           for s, m in ((0, 0.5), (1, 0.7))]
+    for s, path in enumerate(seg):
+        m = json.loads((path / "metrics.json").read_text())
+        m.pop("pretrained"), m.update(seed=s)
+        (path / "metrics.json").write_text(json.dumps(m))
+    table = tool.collect([run, *seg])
+    assert table[f"scratch seed 0 ({ARCH})"] == {"knn": 0.74, "linear": 0.71, "seg@1.0": 0.5}
+    assert table[f"scratch seed 2 ({ARCH})"] == {"knn": 0.76, "linear": 0.74}
+    mean3, max3 = table[f"scratch mean of 3 ({ARCH})"], table[f"scratch max of 3 ({ARCH})"]
+    assert mean3 == pytest.approx({"knn": 0.7, "linear": 0.75}) and max3 == {"knn": 0.76, "linear": 0.8}
+    assert table[f"scratch mean of 2 ({ARCH})"] == pytest.approx({"seg@1.0": 0.6})
+    assert table[f"scratch max of 2 ({ARCH})"] == {"seg@1.0": 0.7} and table["simclr"]["linear"] == 0.8
+    assert f"scratch ({ARCH})" not in table  # one seed of an architecture is "scratch (...)"; several are not
 
 
 def test_main_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str], load_tool: Callable[[str], ModuleType]) -> None:
@@ -92,7 +104,7 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, load_tool: Callable[[str], 
         tool.collect([bad])
     a = _run(tmp_path, "a", "probe", "x.ckpt", {"knn_acc": 0.1, "linear_acc": 0.2}, {"knn_acc": 0.5, "linear_acc": 0.5})
     b = _run(tmp_path, "b", "probe", "y.ckpt", {"knn_acc": 0.1, "linear_acc": 0.2}, {"knn_acc": 0.6, "linear_acc": 0.5})
-    with pytest.raises(ValueError, match=r"column 'knn' has 0.5 and 0.6"):  # one architecture, two scratch figures
+    with pytest.raises(ValueError, match=r"'scratch seed 0 \(ResNet3D.*column 'knn' has 0.5 and 0.6"):  # one init, two figures
         tool.collect([a, b])
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         tool.metric_cells("nope", {})
