@@ -2,8 +2,11 @@
 over a feature memory, on clips.
 
 Every training call embeds an augmented sub-clip of each batch clip (:class:`~stssl.tasks.views.TemporalViews`
-with one view), writes the L2-normalised, detached embedding into a memory at the row ``batch["index"]`` (the
-dataset item), and trains a classifier head to predict the item's k-means pseudo-label, the cross-entropy weighted
+with one view), writes the L2-normalised embedding of the clip's clean view (its central sub-clip, unaugmented:
+:meth:`~stssl.tasks.views.TemporalViews.centre`, embedded without gradient, as DeepCluster clusters features of
+unaugmented images; ``cluster_on="view"``: of the augmented view itself) into a memory at the row
+``batch["index"]`` (the dataset item), and trains a classifier head to predict from the augmented view the item's
+k-means pseudo-label, the cross-entropy weighted
 by :func:`~stssl.losses.clustering.inverse_size_weights` (every cluster weighs the same, DeepCluster's uniform
 sampling over clusters). As in DeepCluster, the first clustering waits for the whole data set: the first epoch's
 training calls only fill the memory (their loss is zero), and the call that completes the epoch clusters it. The
@@ -87,6 +90,8 @@ class DeepClusterTask(PretextTask):
         metric: k-means metric, ``"cosine"`` (spherical, on the normalised embeddings) or ``"euclidean"``.
         whiten: PCA-whiten the memory before clustering (DeepCluster); the transform fitted at each clustering also
             places fresh and validation items.
+        cluster_on: ``"clean"`` (the memory holds each clip's unaugmented central view) or ``"view"`` (the
+            augmented view the classifier sees).
         pool_grid: ``(h, w)`` cells kept from the dense map.
         dim: width of the clustered embedding; ``hidden``: of the MLP producing it.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
@@ -134,6 +139,7 @@ class DeepClusterTask(PretextTask):
         kmeans_iterations: int = 20,
         metric: str = "cosine",
         whiten: bool = True,
+        cluster_on: str = "clean",
         pool_grid: tuple[int, int] = (1, 1),
         dim: int = 128,
         hidden: int = 256,
@@ -161,6 +167,9 @@ class DeepClusterTask(PretextTask):
         self.kmeans_iterations = int(kmeans_iterations)
         self.metric = metric
         self.whiten = bool(whiten)
+        if cluster_on not in ("clean", "view"):
+            raise ValueError(f"{owner}: cluster_on must be 'clean' or 'view', got {cluster_on!r}")
+        self.cluster_on = cluster_on
         self.views = views if views is not None else TemporalViews(num_views=1)
         if self.views.num_views != 1:
             raise ValueError(f"{owner}: needs views.num_views == 1 (one embedding per item), got {self.views.num_views}")
@@ -248,7 +257,12 @@ class DeepClusterTask(PretextTask):
         gen = generator if generator is not None else self.next_generator()
         views = self.views(batch["video"], generator=gen).views  # (B, 1, C, L, H, W)
         feats = self.projection(encode_views(encoder, views, self.pool_grid)[0])  # (B, dim)
-        z = F.normalize(feats.detach().float(), dim=1)
+        if self.cluster_on == "clean":
+            with torch.no_grad():
+                clean = self.projection(encode_views(encoder, self.views.centre(batch["video"]), self.pool_grid)[0])
+            z = F.normalize(clean.float(), dim=1)
+        else:
+            z = F.normalize(feats.detach().float(), dim=1)
         B = z.shape[0]
         if self.training:
             index = memory_index("DeepClusterTask", batch, self.memory_size, z.device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -233,6 +234,27 @@ class TemporalViews(nn.Module):
         flat = rearrange(cut.views, "B V C L H W -> (V B) C L H W")
         out, _ = self._augmenter(size)(flat, generator=generator)
         return replace(cut, views=rearrange(out, "(V B) C L H W -> B V C L H W", V=self.num_views))
+
+    def centre(self, video: torch.Tensor) -> torch.Tensor:
+        """One clean view per clip: the central ``view_len`` frames, whole frames resized to ``size``, no augmentation
+        (what DeepCluster clusters: features of unaugmented inputs). ``(B, C, T, H, W)`` -> ``(B, 1, C, L, H', W')``.
+
+        Example:
+            >>> TemporalViews(num_views=2, view_len=2, size=8).centre(torch.rand(3, 3, 6, 16, 24)).shape
+            torch.Size([3, 1, 3, 2, 8, 8])
+        """
+        check_shape(video, "B C T H W", name="TemporalViews.centre: video")
+        frames = int(video.shape[2])
+        if frames < self.view_len:
+            raise ValueError(f"TemporalViews.centre: video has {frames} frames, fewer than view_len={self.view_len}")
+        start = (frames - self.view_len) // 2
+        clip = video[:, :, start : start + self.view_len]
+        if self.size is not None and tuple(clip.shape[-2:]) != self.size:
+            B, C, L = clip.shape[:3]
+            flat = rearrange(clip, "B C L H W -> (B L) C H W")
+            flat = F.interpolate(flat.float(), size=self.size, mode="bilinear", align_corners=False, antialias=True)
+            clip = rearrange(flat, "(B L) C H W -> B C L H W", B=B, L=L).to(video.dtype)
+        return clip[:, None]
 
     def extra_repr(self) -> str:
         return (

@@ -9,7 +9,7 @@ from stssl.losses.clustering import inverse_size_weights, sinkhorn_knopp
 from stssl.tasks.clustering import SeLaTask, SwAVTask, sela_pseudo_labels
 from stssl.tasks.common import cluster_occupancy
 from stssl.tasks.deepcluster import DeepClusterTask, nearest_centroid
-from stssl.tasks.views import TemporalViews
+from stssl.tasks.views import TemporalViews, encode_views
 
 SMALL = {"dim": 8, "hidden": 16}
 
@@ -280,7 +280,7 @@ def test_deepcluster_reclusters_on_schedule(tiny_video) -> None:
 
 @pytest.mark.parametrize("whiten", [True, False])
 def test_deepcluster_labels_are_the_kmeans_of_the_memory(tiny_video, whiten: bool) -> None:
-    enc, task = _deepcluster(memory_size=4, whiten=whiten)
+    enc, task = _deepcluster(memory_size=4, whiten=whiten, cluster_on="view")  # 4 distinct rows from 2 clips
     for step in range(2):  # the second call completes the first epoch and clusters all 4 items
         index = torch.tensor([2 * step, 2 * step + 1])
         task({"video": tiny_video, "index": index}, enc, generator=torch.Generator().manual_seed(step))
@@ -297,6 +297,23 @@ def test_deepcluster_labels_are_the_kmeans_of_the_memory(tiny_video, whiten: boo
     kept = (task.memory - task.white_mean) @ task.white_proj[:, :3]  # 4 rows span 3 directions; the rest are 0
     torch.testing.assert_close(kept.T @ kept / 3, torch.eye(3), atol=1e-3, rtol=0)
     assert not task.white_proj[:, 3:].any()
+
+
+@pytest.mark.parametrize("cluster_on", ["clean", "view"])
+def test_deepcluster_memory_holds_the_clean_view_or_the_augmented_one(tiny_video, cluster_on: str) -> None:
+    enc, task = _deepcluster(memory_size=4, cluster_on=cluster_on)
+    index = torch.tensor([0, 1])
+    task({"video": tiny_video, "index": index}, enc, generator=torch.Generator().manual_seed(3))
+    assert task.projection is not None
+    with torch.no_grad():  # train mode: BatchNorm normalises with the batch, as in the task's call
+        clean = F.normalize(task.projection(encode_views(enc, task.views.centre(tiny_video))[0]), dim=1)
+        augmented = task.views(tiny_video, generator=torch.Generator().manual_seed(3)).views
+        view = F.normalize(task.projection(encode_views(enc, augmented)[0]), dim=1)
+    expected, other = (clean, view) if cluster_on == "clean" else (view, clean)
+    torch.testing.assert_close(task.memory[index], expected)
+    assert not torch.allclose(task.memory[index], other, atol=1e-3)
+    with pytest.raises(ValueError, match="cluster_on must be 'clean' or 'view', got 'both'"):
+        DeepClusterTask(_views(1), cluster_on="both")
 
 
 def test_deepcluster_reinitialises_the_classifier_and_labels_unseen_items(tiny_video) -> None:
