@@ -92,6 +92,9 @@ class DeepClusterTask(PretextTask):
             places fresh and validation items.
         cluster_on: ``"clean"`` (the memory holds each clip's unaugmented central view) or ``"view"`` (the
             augmented view the classifier sees).
+        temperature: None: DeepCluster's linear classifier on ``relu(embedding)``; a float: a cosine classifier
+            (L2-normalised embedding and class weights, logits = cosine / temperature), as
+            :class:`~stssl.tasks.clustering.SeLaTask` offers for small CPU batches.
         pool_grid: ``(h, w)`` cells kept from the dense map.
         dim: width of the clustered embedding; ``hidden``: of the MLP producing it.
         weight, name, seed: see :class:`~stssl.tasks.base.PretextTask`.
@@ -140,6 +143,7 @@ class DeepClusterTask(PretextTask):
         metric: str = "cosine",
         whiten: bool = True,
         cluster_on: str = "clean",
+        temperature: float | None = None,
         pool_grid: tuple[int, int] = (1, 1),
         dim: int = 128,
         hidden: int = 256,
@@ -170,6 +174,9 @@ class DeepClusterTask(PretextTask):
         if cluster_on not in ("clean", "view"):
             raise ValueError(f"{owner}: cluster_on must be 'clean' or 'view', got {cluster_on!r}")
         self.cluster_on = cluster_on
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"{owner}: temperature must be > 0 (or None for a linear head), got {temperature}")
+        self.temperature = None if temperature is None else float(temperature)
         self.views = views if views is not None else TemporalViews(num_views=1)
         if self.views.num_views != 1:
             raise ValueError(f"{owner}: needs views.num_views == 1 (one embedding per item), got {self.views.num_views}")
@@ -198,7 +205,15 @@ class DeepClusterTask(PretextTask):
 
     def build(self, spec: EncoderSpec) -> None:
         self.projection = mlp_head(pooled_dim(spec.dim, self.pool_grid), self.hidden, self.dim)
-        self.classifier = nn.Linear(self.dim, self.num_clusters)
+        self.classifier = nn.Linear(self.dim, self.num_clusters, bias=self.temperature is None)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` classifier logits of embeddings ``(B, dim)``: linear on ``relu``, or cosine / temperature."""
+        assert self.classifier is not None
+        if self.temperature is None:
+            return self.classifier(F.relu(feats)).float()
+        weight = F.normalize(self.classifier.weight.float(), dim=1)
+        return F.normalize(feats.float(), dim=1) @ weight.T / self.temperature
 
     def epoch_calls(self, batch_size: int) -> int:
         """Training calls per epoch for batches of ``batch_size`` clips."""
@@ -273,7 +288,7 @@ class DeepClusterTask(PretextTask):
                     self.recluster()
                 self.steps += 1
             if int(self.active) == 0:  # the first epoch fills the memory: nothing to predict yet
-                loss = self.classifier(F.relu(feats)).sum() * 0.0 + 0.0  # +0, with every parameter in the graph
+                loss = self.logits(feats).sum() * 0.0 + 0.0  # +0, with every parameter in the graph
                 logs = {"loss": loss.detach(), "reclusters": self.reclusters.float()}
                 log_embedding_std(logs, "z_std", feats)
                 return TaskOutput(loss=loss, logs=logs)
@@ -296,8 +311,8 @@ class DeepClusterTask(PretextTask):
                     _, target = kmeans(z, kk, self.kmeans_iterations, generator=gen, metric=self.metric)
                     weights = z.new_ones(B)
             occupancy = cluster_occupancy(target, self.num_clusters)
-        logits = self.classifier(F.relu(feats))
-        ce = F.cross_entropy(logits.float(), target, reduction="none")
+        logits = self.logits(feats)
+        ce = F.cross_entropy(logits, target, reduction="none")
         weights = weights.to(ce)
         loss = (weights * ce).sum() / weights.sum().clamp(min=1e-12)
         with torch.no_grad():

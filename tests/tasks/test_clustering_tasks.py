@@ -316,6 +316,16 @@ def test_deepcluster_memory_holds_the_clean_view_or_the_augmented_one(tiny_video
         DeepClusterTask(_views(1), cluster_on="both")
 
 
+def test_deepcluster_cosine_head_logits_are_scaled_cosines(tiny_video) -> None:
+    enc, task = _deepcluster(temperature=0.2)
+    assert task.classifier is not None and task.classifier.bias is None
+    feats = torch.randn(5, 8)
+    expected = F.cosine_similarity(feats[:, None], task.classifier.weight[None], dim=-1) / 0.2
+    torch.testing.assert_close(task.logits(feats), expected)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        DeepClusterTask(_views(1), temperature=0.0)
+
+
 def test_deepcluster_reinitialises_the_classifier_and_labels_unseen_items(tiny_video) -> None:
     enc, task = _deepcluster(memory_size=8, steps_per_epoch=2, recluster_every=50)
     for step in range(2):
@@ -355,8 +365,9 @@ def test_deepcluster_validation_changes_nothing_and_index_errors(tiny_video) -> 
         DeepClusterTask(_views(2))
 
 
-def test_deepcluster_gradients(tiny_video) -> None:
-    enc, task = _deepcluster(pool_grid=(2, 2), steps_per_epoch=1)  # clusters at the first call
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_deepcluster_gradients(tiny_video, temperature: float | None) -> None:
+    enc, task = _deepcluster(pool_grid=(2, 2), steps_per_epoch=1, temperature=temperature)  # clusters at once
     out = task({"video": tiny_video, "index": torch.tensor([0, 1])}, enc, generator=torch.Generator().manual_seed(0))
     assert {"loss", "acc", "clusters_used", "max_cluster_frac", "reclusters", "z_std"} == set(out.logs)
     out.loss.backward()
