@@ -236,8 +236,9 @@ class TemporalViews(nn.Module):
         return replace(cut, views=rearrange(out, "(V B) C L H W -> B V C L H W", V=self.num_views))
 
     def centre(self, video: torch.Tensor) -> torch.Tensor:
-        """One clean view per clip: the central ``view_len`` frames, whole frames resized to ``size``, no augmentation
-        (what DeepCluster clusters: features of unaugmented inputs). ``(B, C, T, H, W)`` -> ``(B, 1, C, L, H', W')``.
+        """One clean view per clip: the central ``view_len`` frames, the largest central crop with ``size``'s aspect
+        ratio resized to ``size`` (resize and centre crop), no augmentation (what DeepCluster clusters: features of
+        unaugmented inputs). ``(B, C, T, H, W)`` -> ``(B, 1, C, L, H', W')``.
 
         Example:
             >>> TemporalViews(num_views=2, view_len=2, size=8).centre(torch.rand(3, 3, 6, 16, 24)).shape
@@ -250,6 +251,10 @@ class TemporalViews(nn.Module):
         start = (frames - self.view_len) // 2
         clip = video[:, :, start : start + self.view_len]
         if self.size is not None and tuple(clip.shape[-2:]) != self.size:
+            H, W = int(clip.shape[-2]), int(clip.shape[-1])
+            h, w = min(H, round(W * self.size[0] / self.size[1])), min(W, round(H * self.size[1] / self.size[0]))
+            top, left = (H - h) // 2, (W - w) // 2
+            clip = clip[..., top : top + h, left : left + w]
             B, C, L = clip.shape[:3]
             flat = rearrange(clip, "B C L H W -> (B L) C H W")
             flat = F.interpolate(flat.float(), size=self.size, mode="bilinear", align_corners=False, antialias=True)

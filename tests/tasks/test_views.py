@@ -146,3 +146,18 @@ def test_encode_views_keeps_a_grid_of_cells_and_repeats_frames_for_the_encoder()
         out = encode_views(vit, single)
         torch.testing.assert_close(out[2], vit(single[:, 2].expand(-1, -1, 2, -1, -1)).pooled)
 
+
+
+def test_centre_is_the_central_sub_clip_centre_cropped_to_the_view_aspect() -> None:
+    video = torch.arange(6, dtype=torch.float32).view(1, 1, 6, 1, 1).expand(2, 3, 6, 8, 16).clone()
+    video[..., :, :4] = -1.0  # the left and right quarters fall outside the centred square crop
+    video[..., :, 12:] = -1.0
+    views = TemporalViews(num_views=2, view_len=2, size=4)
+    clean = views.centre(video)
+    assert clean.shape == (2, 1, 3, 2, 4, 4)
+    torch.testing.assert_close(clean[0, 0, 0, :, 0, 0], torch.tensor([2.0, 3.0]))  # frames 2 and 3 of 6
+    assert bool((clean >= 0).all())  # nothing from the cropped-off sides
+    same = TemporalViews(num_views=1, view_len=6).centre(video)  # size None: the clip as it is
+    assert torch.equal(same[:, 0], video)
+    with pytest.raises(ValueError, match="video has 6 frames, fewer than view_len=8"):
+        TemporalViews(num_views=1, view_len=8).centre(video)
