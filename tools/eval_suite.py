@@ -14,8 +14,9 @@ random inits once per architecture, as separate runs: ``--encoder NAME --seed S`
     python tools/eval_suite.py --encoder r3d_tiny --seed 2 --out ev/scratch_r3d_s2 --protocols segmentation
     python tools/eval_table.py ev/*/*          # the table over all of them (a row per seed, mean / max rows)
 
-The issue-6 table in the README came from these commands over the pretraining runs of ``tools/pretext_report.py``
-(segmentation at 10 % and 100 % labels, detection at 100 %: the ``--fractions`` defaults here).
+The issue-6 table in the README was made with the ``stssl-eval`` calls these commands print (the same configs and
+overrides, run from a job queue) over the pretraining runs of ``tools/pretext_report.py``: segmentation at 10 % and
+100 % labels, detection at 100 % (the ``--seg-fractions`` / ``--det-fractions`` defaults here).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ LightningModule — kNN extracts features, segmentation trains one head per enco
 
 Encoders scored: ``pretrained`` (the checkpoint's encoder with its weights) and, with ``baseline: true``,
 ``scratch`` (the same architecture freshly initialised from ``seed``). Random inits differ by more than many
-pretraining gains (the R3D preset's ego-motion probe: linear 0.67-0.80 over six seeds), so ``baseline_seeds``
+pretraining gains (the R3D preset's ego-motion probe: linear 0.667-0.796 over seeds 0-4), so ``baseline_seeds``
 scores more of them, as ``scratch_seed<S>``, and ``scratch_range`` gives the ``min`` / ``mean`` / ``max`` of every
 metric over all random inits (``seed`` and ``baseline_seeds``). Without a checkpoint, ``encoder.name``
 (a registry name, :func:`stssl.encoders.build_encoder`) gives the architecture and only ``scratch`` is scored.

@@ -248,7 +248,7 @@ class DeepClusterTask(PretextTask):
         gen = seeded_generator(self.seed, int(self.reclusters))
         data = self.memory[rows]
         if self.whiten and rows.numel() >= 2:
-            mean, proj = pca_whitening(data, dim=min(self.dim, rows.numel() - 1))
+            mean, proj = pca_whitening(data)  # the min(dim, N - 1) directions N rows span
             self.white_mean.copy_(mean)
             self.white_proj.zero_()
             self.white_proj[:, : proj.shape[1]] = proj  # unused directions stay 0
