@@ -3,7 +3,8 @@
 
 For every config, runs ``stssl-train fit`` for a few epochs on the default driving world, then reports each
 task's validation metrics after the first and the last epoch, next to chance for the classification tasks.
-Validation uses ``--val-clips`` clips from the held-out world sequence (labels are drawn afresh per clip).
+Validation uses ``--val-clips`` clips in all from the config's held-out world sequences (``data.world_val_seeds``,
+default one), spread evenly over them (labels are drawn afresh per clip).
 With ``--probe``, the last checkpoint of each run is then scored by ``stssl-eval`` with that config (e.g. the
 frozen kNN + linear ego-motion probe, checkpoint vs the same architecture from random init) into
 ``<run_dir>/probe/metrics.json``.
@@ -102,13 +103,25 @@ def probe_run(run_dir: Path, eval_config: str, reuse: bool = False) -> dict:
     return result
 
 
+def val_clips_per_video(config_path: Path, val_clips: int) -> int:
+    """Validation clips per video so that the config's validation videos (``data.world_val_seeds``, one scene each;
+    the datamodule's default is one) hold about ``val_clips`` in all."""
+    import yaml
+
+    if val_clips < 1:
+        raise ValueError(f"--val-clips must be >= 1, got {val_clips}")
+    data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
+    seeds = data.get("world_val_seeds", [1000])
+    return max(1, math.ceil(val_clips / max(1, len(seeds))))
+
+
 def run_config(config: str, epochs: int, val_clips: int, out_root: Path, extra: list[str], reuse: bool = False) -> dict:
     path = ROOT / config
     run_root = out_root / path.stem
     wall = float("nan")
     if not (reuse and list(run_root.glob("version_*/metrics.csv"))):
         cmd = [sys.executable, "-m", "stssl.cli", "fit", "--config", str(path), f"--trainer.max_epochs={epochs}",
-               f"--trainer.default_root_dir={run_root}", f"--data.val_clips_per_video={val_clips}", *extra]
+               f"--trainer.default_root_dir={run_root}", f"--data.val_clips_per_video={val_clips_per_video(path, val_clips)}", *extra]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--val-clips", type=int, default=64, help="validation clips from the held-out sequence")
+    parser.add_argument("--val-clips", type=int, default=64, help="validation clips in all, spread over the config's held-out sequences")
     parser.add_argument("--out-root", type=Path, default=Path(".bench/pretext_runs"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="summarise existing runs under --out-root, run the rest")

@@ -34,14 +34,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from stssl.data.dataset import ON_DECODE_ERROR, ClipDataset
 from stssl.data.readers import available_backends
 from stssl.data.sources import VideoRecord, load_sources, scene_records
 from stssl.worlds.scene_io import DEPTH_FILE, POSES_FILE
 
-__all__ = ["ClipDataModule", "EpochSampler", "default_world_root"]
+__all__ = ["ClipDataModule", "EpochSampler", "OrderSampler", "default_world_root", "interleaved_order"]
+
+#: Orders of the validation items (:class:`ClipDataModule` ``val_order``).
+VAL_ORDERS = ("video", "interleave")
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,32 @@ class EpochSampler(DistributedSampler):
         self.clip_dataset.set_epoch(epoch)
 
 
+def interleaved_order(num_videos: int, clips_per_video: int) -> list[int]:
+    """Item indices of a video-major dataset (item ``v * clips_per_video + c`` is clip ``c`` of video ``v``) taken
+    round-robin over the videos: clip 0 of every video, then clip 1 of every video, ...
+
+    Example:
+        >>> interleaved_order(3, 2)
+        [0, 2, 4, 1, 3, 5]
+    """
+    if num_videos < 0 or clips_per_video < 1:
+        raise ValueError(f"interleaved_order: need num_videos >= 0 and clips_per_video >= 1, got {num_videos}, {clips_per_video}")
+    return [v * clips_per_video + c for c in range(clips_per_video) for v in range(num_videos)]
+
+
+class OrderSampler(Sampler[int]):
+    """Serves a fixed list of item indices in order (Lightning wraps it for distributed runs like any sampler)."""
+
+    def __init__(self, order: list[int]) -> None:
+        self.order = [int(i) for i in order]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class ClipDataModule(L.LightningDataModule):
     """Clip loaders for pretraining and evaluation.
 
@@ -111,6 +140,10 @@ class ClipDataModule(L.LightningDataModule):
             changes): what a task that stores something per item (DeepCluster's pseudo-labels, a memory bank)
             needs for item ``i`` to mean the same clip from one epoch to the next.
         val_clips_per_video: evenly spaced validation clips per video.
+        val_order: ``"video"`` (every clip of the first video in time order, then the next video) or
+            ``"interleave"`` (round-robin over the videos: each batch mixes videos). Per-sample validation metrics
+            do not depend on it; in-batch ones do: a contrastive task's retrieval accuracy among clips of one scene
+            measures little, so give such tasks several validation videos and ``"interleave"``.
         on_decode_error: ``"skip"`` (log, count, serve another video) or ``"raise"``.
         augment: CPU random resized crop / flip / colour jitter in the workers (training only).
         crop_scale: ``(min, max)`` area fraction of the random crop.
@@ -150,6 +183,7 @@ class ClipDataModule(L.LightningDataModule):
         clips_per_video: int = 1,
         train_clips: str = "random",
         val_clips_per_video: int = 1,
+        val_order: str = "video",
         on_decode_error: str = "skip",
         augment: bool = True,
         crop_scale: tuple[float, float] = (0.6, 1.0),
@@ -173,6 +207,8 @@ class ClipDataModule(L.LightningDataModule):
             raise ValueError(f"ClipDataModule: need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if train_clips not in ("random", "fixed"):
             raise ValueError(f"ClipDataModule: train_clips must be 'random' or 'fixed', got {train_clips!r}")
+        if val_order not in VAL_ORDERS:
+            raise ValueError(f"ClipDataModule: val_order must be one of {VAL_ORDERS}, got {val_order!r}")
         self.save_hyperparameters(logger=False)
         self.sources = None if sources is None else [str(s) for s in sources]
         self.val_sources = None if val_sources is None else [str(s) for s in val_sources]
@@ -185,7 +221,7 @@ class ClipDataModule(L.LightningDataModule):
         self.size = (int(size[0]), int(size[1]))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.clips_per_video, self.val_clips_per_video = clips_per_video, val_clips_per_video
-        self.train_clips = train_clips
+        self.train_clips, self.val_order = train_clips, val_order
         self.on_decode_error = on_decode_error
         self.augment = augment
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
@@ -326,12 +362,16 @@ class ClipDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, sampler, self.drop_last and len(sampler) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
-        """Evenly spaced clips in order, no random augmentation (an empty list when there is no validation)."""
+        """Evenly spaced clips in ``val_order``, no random augmentation (an empty list when there is no
+        validation)."""
         if self.val_dataset is None:
             self.setup("validate")
         if self.val_dataset is None:
             return []
-        return self._loader(self.val_dataset, None, drop_last=False)
+        sampler = None
+        if self.val_order == "interleave":
+            sampler = OrderSampler(interleaved_order(len(self.val_dataset.records), self.val_dataset.clips_per_video))
+        return self._loader(self.val_dataset, sampler, drop_last=False)
 
     # ------------------------------------------------------------------ device side
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -299,6 +299,23 @@ def test_val_batches_carry_gt_and_val_scene_dirs_lists_the_val_scenes(fake_world
     assert "depth" not in train and "world_from_camera" not in train  # training batches carry no GT
 
 
+def test_val_order_interleave_mixes_videos_in_each_batch(fake_world: Path) -> None:
+    from stssl.data.datamodule import interleaved_order
+
+    def scene_and_start(batch: dict) -> list[tuple[float, int]]:  # (x of the pose = 0.1 * seed, first frame)
+        return [(round(float(p[0, 0, 3]), 1), int(f[0])) for p, f in zip(batch["world_from_camera"], batch["frame_indices"], strict=True)]
+
+    by_video = [scene_and_start(b) for b in world_dm(fake_world).val_dataloader()]
+    mixed = [scene_and_start(b) for b in world_dm(fake_world, val_order="interleave").val_dataloader()]
+    assert [{s for s, _ in b} for b in by_video] == [{0.7}, {0.8}]  # one scene per batch
+    assert [[s for s, _ in b] for b in mixed] == [[0.7, 0.8], [0.7, 0.8]]  # both scenes in every batch
+    assert sorted(x for b in mixed for x in b) == sorted(x for b in by_video for x in b)  # the same items
+    assert mixed[0][0][1] < mixed[1][0][1]  # each video's clips still in time order
+    assert interleaved_order(2, 3) == [0, 3, 1, 4, 2, 5] and interleaved_order(0, 2) == []
+    with pytest.raises(ValueError, match="val_order must be one of"):
+        world_dm(fake_world, val_order="shuffle")
+
+
 def test_val_gt_off_or_missing_gives_no_gt_keys(fake_world: Path, scenes: Path) -> None:
     dm = world_dm(fake_world, val_gt=False)
     dm.prepare_data()

@@ -69,3 +69,16 @@ def test_a_failing_probe_is_reported_not_raised(tmp_path: Path, load_tool: Calla
     (run_dir / "checkpoints").mkdir(parents=True)
     res = tool.probe_run(run_dir, str(tmp_path / "missing.yaml"))
     assert set(res) == {"error", "wall_s"} and res["error"]
+
+
+def test_val_clips_are_spread_over_the_configs_validation_scenes(
+    tmp_path: Path, load_tool: Callable[[str], ModuleType]
+) -> None:
+    tool = load_tool("pretext_report")
+    four, default = tmp_path / "four.yaml", tmp_path / "default.yaml"
+    four.write_text("data:\n  world_val_seeds: [1000, 1001, 1002, 1003]\n")
+    default.write_text("model: {}\n")
+    assert tool.val_clips_per_video(four, 64) == 16 and tool.val_clips_per_video(four, 10) == 3
+    assert tool.val_clips_per_video(default, 64) == 64  # the datamodule's default: one validation scene
+    with pytest.raises(ValueError, match="--val-clips must be >= 1"):
+        tool.val_clips_per_video(default, 0)
