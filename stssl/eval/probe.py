@@ -68,6 +68,7 @@ def extract_features(
     loader: Iterable[Mapping[str, Any]],
     *,
     pool: str = "mean",
+    stage: int = -1,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a frozen ``encoder`` over every batch of ``loader``; return its features and the batches' labels.
@@ -82,13 +83,18 @@ def extract_features(
         pool: ``"mean"``: the encoder's ``pooled`` ``(B, D)``; ``"grid2"``: the dense map averaged over time and
             over each cell of a 2x2 spatial grid, concatenated ``(B, 4 D)`` (keeps coarse layout, e.g. where in
             the image things move).
+        stage: which level of the encoder's ``pyramid`` to pool (``-1``, the default: the last, ``dense``).
+            Probing each stage is the layer-wise protocol of Goyal et al. 2019 ("Scaling and benchmarking
+            self-supervised visual representation learning"): a pretext task's last layers specialise in it, so
+            the best layer is often an intermediate one.
         device: where the encoder runs (default: the device of its parameters).
 
     Returns:
         ``features`` float32 ``(N, D)`` (``(N, 4 D)`` for ``grid2``) and ``labels`` int64 ``(N,)``, on the CPU.
 
     Raises:
-        ValueError: for an unknown ``pool``, a batch without ``label`` or an empty loader.
+        ValueError: for an unknown ``pool``, a ``stage`` outside the encoder's pyramid, a batch without ``label``
+            or an empty loader.
 
     Example:
         >>> from stssl.encoders import build_encoder
@@ -115,7 +121,15 @@ def extract_features(
             video = video.to(device, non_blocking=True)
             video = video.float().div_(255.0) if video.dtype == torch.uint8 else video.float()
             out = encoder(video)
-            feats.append(_pool(out.dense, out.pooled, pool).float().cpu())
+            levels = len(out.pyramid)
+            if not -levels <= stage < levels:
+                raise ValueError(
+                    f"extract_features: stage {stage} but the encoder's pyramid has {levels} levels "
+                    f"(0..{levels - 1}, or negative from the last)"
+                )
+            dense = out.pyramid[stage]
+            pooled = out.pooled if dense is out.dense else reduce(dense, "b d t h w -> b d", "mean")
+            feats.append(_pool(dense, pooled, pool).float().cpu())
             labels.append(torch.as_tensor(batch["label"]).reshape(-1).to(torch.int64).cpu())
     finally:
         encoder.train(was_training)

@@ -131,6 +131,7 @@ class ProbeProtocol(Protocol):
         size: ``(H, W)`` of the clips fed to the encoder (default: the rendered size).
         clip_len / frame_stride / step: clip sampling.
         pool: ``"mean"`` or ``"grid2"`` (:func:`~stssl.eval.probe.extract_features`).
+        stage: the encoder ``pyramid`` level probed (-1: the last; a per-layer benchmark runs one per level).
         bn_recalibrate: recompute BatchNorm statistics on the train clips first (fair to random init).
         k / temperature: kNN.
         epochs / weight_decay: the linear probe's L-BFGS iterations and L2.
@@ -148,6 +149,7 @@ class ProbeProtocol(Protocol):
         frame_stride: int = 2,
         step: int = 2,
         pool: str = "mean",
+        stage: int = -1,
         bn_recalibrate: bool = True,
         k: int = 20,
         temperature: float = 0.07,
@@ -168,6 +170,7 @@ class ProbeProtocol(Protocol):
         self.split = split or WorldSplit("driving", DEFAULT_TRAIN_SEEDS, DEFAULT_TEST_SEEDS, 200, 64, 192)
         self.size, self.clip_len, self.frame_stride, self.step = size, clip_len, frame_stride, step
         self.pool, self.bn_recalibrate, self.k, self.temperature = pool, bn_recalibrate, k, temperature
+        self.stage = int(stage)
         self.epochs, self.weight_decay, self.batch_size, self.seed = epochs, weight_decay, batch_size, seed
 
     def sets(self) -> tuple[Any, Any, list[str], dict[str, Any]]:
@@ -186,15 +189,16 @@ class ProbeProtocol(Protocol):
         )
 
         train, test, class_names, source = self.sets()
-        result: dict[str, Any] = {"class_names": class_names, **source}
+        result: dict[str, Any] = {"class_names": class_names, "pool": self.pool, "stage": self.stage, **source}
         num_classes = len(class_names)
         for name, make in encoders.items():
             encoder = make()
             loader = DataLoader(train, batch_size=self.batch_size)
             if self.bn_recalibrate:
                 recalibrate_batchnorm(encoder, loader)
-            train_x, train_y = extract_features(encoder, loader, pool=self.pool)
-            test_x, test_y = extract_features(encoder, DataLoader(test, batch_size=self.batch_size), pool=self.pool)
+            feature_kw = dict(pool=self.pool, stage=self.stage)
+            train_x, train_y = extract_features(encoder, loader, **feature_kw)  # type: ignore[arg-type]
+            test_x, test_y = extract_features(encoder, DataLoader(test, batch_size=self.batch_size), **feature_kw)  # type: ignore[arg-type]
             knn = knn_classify(train_x, train_y, test_x, k=self.k, temperature=self.temperature, num_classes=num_classes)
             linear = linear_probe(train_x, train_y, test_x, test_y, epochs=self.epochs, weight_decay=self.weight_decay,
                                   num_classes=num_classes, seed=self.seed)

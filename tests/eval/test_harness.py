@@ -327,6 +327,13 @@ def test_probe_on_class_folders(tmp_path: Path) -> None:
     assert out["task"] == "class_folders" and out["class_names"] == ["class0", "class1"]
     # colours this different separate even with random features
     assert out["scratch"]["knn_acc"] == 1.0 and out["scratch"]["linear_acc"] == 1.0
+    assert out["stage"] == -1 and out["pool"] == "mean"
+    protocol.stage = 0  # the stem-side stage sees colour too
+    first = run_eval(protocol, encoder_name="r3d_tiny", output_dir=tmp_path / "run0")
+    assert first["stage"] == 0 and first["scratch"]["linear_acc"] == 1.0
+    protocol.stage = 7
+    with pytest.raises(ValueError, match="stage 7 but the encoder's pyramid has 4 levels"):
+        run_eval(protocol, encoder_name="r3d_tiny", output_dir=tmp_path / "run7")
     with pytest.raises(ValueError, match="both train_root and test_root"):
         ProbeProtocol(train_root=str(tmp_path / "train"))
 

@@ -186,6 +186,25 @@ def test_extract_features_converts_uint8_pools_and_restores_the_mode() -> None:
     torch.testing.assert_close(grid.reshape(4, 4, -1).mean(1), x8, rtol=1e-4, atol=1e-5)
 
 
+def test_extract_features_pools_the_chosen_pyramid_stage() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder("r3d_tiny", width=4).eval()
+    batches = _batches()
+    with torch.no_grad():
+        pyramid = [encoder(b["video"].float() / 255).pyramid for b in batches]
+    last, _ = extract_features(encoder, batches)
+    torch.testing.assert_close(extract_features(encoder, batches, stage=3)[0], last)  # 4 stages: 3 is -1
+    for stage in (0, 1, -2):
+        x, _ = extract_features(encoder, batches, stage=stage)
+        want = torch.cat([p[stage].mean(dim=(2, 3, 4)) for p in pyramid])
+        assert x.shape == (4, pyramid[0][stage].shape[1]) and x.shape[1] < encoder.spec.dim
+        torch.testing.assert_close(x, want, rtol=1e-4, atol=1e-5)
+    grid, _ = extract_features(encoder, batches, stage=1, pool="grid2")
+    assert grid.shape == (4, 4 * pyramid[0][1].shape[1])
+    with pytest.raises(ValueError, match="stage 4 but the encoder's pyramid has 4 levels"):
+        extract_features(encoder, batches, stage=4)
+
+
 def test_extract_features_errors() -> None:
     encoder = build_encoder("r3d_tiny", width=4)
     with pytest.raises(ValueError, match="no 'label'"):
