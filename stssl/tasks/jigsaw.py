@@ -12,6 +12,13 @@ tile), a per-tile variant in the spirit of Jigsaw++ (with ``num_permutations=Non
 over all ``9!``). Noroozi et al.'s actual Jigsaw++ (2018) also swaps some tiles for tiles of other images; that is
 not implemented.
 
+Space-time puzzles (``time_segments > 1``, in the spirit of Kim et al., "Self-Supervised Video Representation
+Learning with Space-Time Cubic Puzzles", AAAI 2019): the window is also cut into ``time_segments`` consecutive
+segments of ``clip_len`` frames (``segment_gap`` frames dropped between them, against matching the frames either
+side of a cut), and the ``time_segments * grid**2`` pieces are shuffled together, so solving the puzzle needs the
+order of time as well as the layout of space (e.g. ``grid=2, time_segments=2``: 8 pieces). With one segment (the
+default) every frame of a tile clip is cut alike and the label holds for all of them.
+
 The permutation set is chosen by Noroozi & Favaro's greedy algorithm, :func:`max_hamming_permutations`: start from
 a random permutation, then repeatedly add the remaining permutation with the largest *average* Hamming distance to
 those chosen so far. In their ablation, sets with a larger average distance gave better transfer. Measured here
@@ -166,13 +173,16 @@ class JigsawBatch:
     """Output of :func:`make_jigsaw_batch`. ``tiles`` and ``label`` are on the video's device, the rest on the CPU.
 
     Attributes:
-        tiles: ``(B, K, C, L, h, w)`` the tiles in shuffled order: ``tiles[:, i]`` was cut from cell
-            ``permutation[:, i]`` (cells row-major), so ``tiles[b, argsort(permutation[b])]`` is the grid in order.
+        tiles: ``(B, K, C, L, h, w)`` the tiles in shuffled order: ``tiles[:, i]`` was cut from piece
+            ``permutation[:, i]``, so ``tiles[b, argsort(permutation[b])]`` is the puzzle in order. Pieces are
+            numbered segment-major: piece ``s * G**2 + c`` is spatial cell ``c`` (row-major) of time segment ``s``
+            (with one segment, piece = cell).
         label: ``(B,)`` index of the permutation in the set (``-1`` when drawn from all orders).
-        permutation: ``(B, K)`` the applied order, i.e. each shuffled tile's original cell (the position labels).
-        top, left: ``(B, K, C)`` where each tile's channel was cut, in the (square-cropped) window, in cell order.
+        permutation: ``(B, K)`` the applied order, i.e. each shuffled tile's original piece (the position labels).
+        top, left: ``(B, G**2, C)`` where each cell's channel was cut, in the (square-cropped) window, in cell
+            order (the same place in every time segment).
         corner: ``(B, 2)`` ``(top, left)`` of the square crop in the frame.
-        start: ``(B,)`` first frame of each window.
+        start: ``(B,)`` first frame of each window (segment ``s`` starts ``s * (L + segment_gap)`` frames later).
         color_mode: ``(B, K)`` per shuffled tile: 0 untouched, 1 grey, ``2 + c`` only channel ``c`` kept.
     """
 
@@ -198,17 +208,20 @@ def make_jigsaw_batch(
     gray_p: float = 0.0,
     channel_drop_p: float = 0.0,
     *,
+    time_segments: int = 1,
+    segment_gap: int = 1,
     generator: torch.Generator | None = None,
 ) -> JigsawBatch:
-    """Cut a ``grid x grid`` puzzle from a window of each video and shuffle its tiles.
+    """Cut a ``grid x grid`` puzzle (``x time_segments`` in time) from a window of each video and shuffle its tiles.
 
     Pure and seeded: the same ``generator`` state gives the same output. Random draws happen on the CPU.
 
     Args:
-        video: ``(B, C, T, H, W)`` with ``T >= clip_len``.
-        permutations: ``(P, K)`` the permutation set (``K = grid**2``), or None for uniform over all ``K!`` orders.
+        video: ``(B, C, T, H, W)`` with ``T >= time_segments * clip_len + (time_segments - 1) * segment_gap``.
+        permutations: ``(P, K)`` the permutation set (``K = time_segments * grid**2`` pieces), or None for uniform
+            over all ``K!`` orders.
         grid: cells per side.
-        clip_len: frames per tile clip ``L`` (1: single frames); all frames are cut alike.
+        clip_len: frames per tile clip ``L`` (1: single frames); all frames of a piece are cut alike.
         crop: square crop before the grid: ``"random"`` (Noroozi & Favaro's random crop), ``"center"`` or
             ``"none"`` (rectangular cells on non-square frames).
         tile_frac: tile side over cell side (Noroozi & Favaro: 64 of 75 pixels, about 0.85).
@@ -216,6 +229,9 @@ def make_jigsaw_batch(
             :func:`~stssl.tasks.image_common.grid_tile_boxes`).
         channel_jitter: per-channel extra shift in pixels (Noroozi & Favaro: 2).
         gray_p: probability of a grey tile; ``channel_drop_p``: of a tile keeping one colour channel.
+        time_segments: consecutive time segments of ``clip_len`` frames the window is also cut into (1: a
+            spatial puzzle).
+        segment_gap: frames left out between two segments.
         generator: a CPU ``torch.Generator``.
 
     Returns:
@@ -231,14 +247,22 @@ def make_jigsaw_batch(
         >>> t, l = int(out.top[0, 4, 0]), int(out.left[0, 4, 0])
         >>> torch.equal(ordered[4], video[0, :, :, t : t + 8, l : l + 8])  # the centre tile
         True
+        >>> st = make_jigsaw_batch(torch.rand(2, 3, 5, 30, 30), None, grid=2, clip_len=2, time_segments=2,
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> tuple(st.tiles.shape), sorted(st.permutation[0].tolist())  # 2 x 2 cells x 2 segments of 2 frames
+        ((2, 8, 3, 2, 13, 13), [0, 1, 2, 3, 4, 5, 6, 7])
     """
     owner = "make_jigsaw_batch"
     B = check_shape(video, "B C T H W", name=f"{owner} video")["B"]
-    K = grid * grid
+    if time_segments < 1 or segment_gap < 0:
+        raise ValueError(f"{owner}: need time_segments >= 1 and segment_gap >= 0, got {time_segments}, {segment_gap}")
+    cells = grid * grid
+    K = cells * time_segments
     if permutations is not None:
         check_shape(permutations, f"P {K}", name=f"{owner} permutations")
+    window = time_segments * clip_len + (time_segments - 1) * segment_gap
     gp = cut_grid_patches(
-        video, clip_len, crop, grid, tile_frac, jitter, channel_jitter, generator=generator, owner=owner
+        video, window, crop, grid, tile_frac, jitter, channel_jitter, generator=generator, owner=owner
     )
     if permutations is None:
         permutation = torch.rand(B, K, generator=generator).argsort(dim=1)
@@ -247,7 +271,13 @@ def make_jigsaw_batch(
         label = torch.randint(permutations.shape[0], (B,), generator=generator)
         permutation = permutations.cpu()[label].long()
     rows = torch.arange(B)[:, None]
-    tiles = crop_regions(gp.clips, gp.top[rows, permutation], gp.left[rows, permutation], gp.size)  # shuffled order
+    cell = permutation % cells
+    tiles = crop_regions(gp.clips, gp.top[rows, cell], gp.left[rows, cell], gp.size)  # shuffled order, whole window
+    if time_segments > 1:  # keep each piece's own segment: frames s * (L + gap) + [0, L)
+        first = (permutation // cells) * (clip_len + segment_gap)  # (B, K)
+        frames = (first[..., None] + torch.arange(clip_len)).to(tiles.device)  # (B, K, L)
+        index = frames[:, :, None, :, None, None].expand(-1, -1, tiles.shape[2], -1, *tiles.shape[-2:])
+        tiles = tiles.gather(3, index)
     tiles, mode = recolor_patch_sets(tiles, gray_p, channel_drop_p, generator=generator)
     return JigsawBatch(
         tiles=tiles, label=label.to(video.device), permutation=permutation, top=gp.top, left=gp.left,
@@ -268,6 +298,9 @@ class JigsawTask(PretextTask):
             ``grid**2``-way per tile).
         grid: cells per side (3: 9 tiles, ``9! = 362880`` possible orders).
         clip_len: frames per tile clip (1: single frames).
+        time_segments: also cut the window into this many time segments of ``clip_len`` frames, shuffled with
+            the cells (a space-time puzzle of ``time_segments * grid**2`` pieces; 1: spatial only).
+        segment_gap: frames left out between segments.
         crop: ``"random"``, ``"center"`` or ``"none"`` square crop before the grid.
         tile_frac, jitter, channel_jitter: tile geometry, see :func:`make_jigsaw_batch`.
         gray_p, channel_drop_p: per-tile colour handling, see :func:`~stssl.tasks.image_common.recolor_patches`.
@@ -301,6 +334,8 @@ class JigsawTask(PretextTask):
         predict: str = "permutation",
         grid: int = 3,
         clip_len: int = 1,
+        time_segments: int = 1,
+        segment_gap: int = 1,
         crop: str = "random",
         tile_frac: float = 0.85,
         jitter: float = 1.0,
@@ -319,14 +354,18 @@ class JigsawTask(PretextTask):
         super().__init__(weight=weight, name=name, seed=seed)
         owner = "JigsawTask"
         self.predict = check_choice(owner, "predict", predict, PREDICT_MODES)
-        if grid < 2 or (grid * grid > _MAX_TILES and num_permutations is not None):
+        if time_segments < 1 or segment_gap < 0:
+            raise ValueError(f"{owner}: need time_segments >= 1 and segment_gap >= 0, got {time_segments}, {segment_gap}")
+        if grid < 2 or (grid * grid * time_segments > _MAX_TILES and num_permutations is not None):
             raise ValueError(
-                f"{owner}: grid must be >= 2, and grid**2 <= {_MAX_TILES} with a permutation set, got grid={grid}"
+                f"{owner}: grid must be >= 2, and time_segments * grid**2 <= {_MAX_TILES} with a permutation set, "
+                f"got grid={grid}, time_segments={time_segments}"
             )
         if num_permutations is None and predict == "permutation":
             raise ValueError(f"{owner}: predict='permutation' needs a permutation set; give num_permutations")
         self.grid = int(grid)
-        self.num_tiles = self.grid * self.grid
+        self.time_segments, self.segment_gap = int(time_segments), int(segment_gap)
+        self.num_tiles = self.grid * self.grid * self.time_segments
         self.num_permutations = None if num_permutations is None else int(num_permutations)
         perms = (
             torch.zeros(0, self.num_tiles, dtype=torch.long)
@@ -350,7 +389,12 @@ class JigsawTask(PretextTask):
 
     @property
     def requires(self) -> TaskRequirements:
-        return TaskRequirements(min_frames=self.clip_len)
+        return TaskRequirements(min_frames=self.window)
+
+    @property
+    def window(self) -> int:
+        """Frames a puzzle spans: ``time_segments * clip_len`` plus the gaps between segments."""
+        return self.time_segments * self.clip_len + (self.time_segments - 1) * self.segment_gap
 
     @property
     def num_classes(self) -> int:
@@ -364,13 +408,16 @@ class JigsawTask(PretextTask):
         self.classifier = mlp_head(self.num_tiles * self.hidden, self.hidden, self.num_classes, self.dropout)
 
     def forward(self, batch: dict, encoder: Encoder, generator: torch.Generator | None = None) -> TaskOutput:
-        video, gen = begin_forward("JigsawTask", self, batch, self.clip_len, generator, self.tile_head, self.classifier)
+        owner = "JigsawTask"
+        if self.time_segments > 1:
+            owner += f" ({self.time_segments} segments of {self.clip_len} frames, gap {self.segment_gap})"
+        video, gen = begin_forward(owner, self, batch, self.window, generator, self.tile_head, self.classifier)
         assert self.tile_head is not None and self.classifier is not None  # checked by begin_forward
         app = self.appearance
         jb = make_jigsaw_batch(
             video, self.permutations if self.num_permutations is not None else None, self.grid, self.clip_len,
             self.crop, self.tile_frac, self.jitter, app.channel_jitter, app.gray_p, app.channel_drop_p,
-            generator=gen,
+            time_segments=self.time_segments, segment_gap=self.segment_gap, generator=gen,
         )
         logits = self.classifier(app.encode(encoder, jb.tiles, self.tile_head, self.pool_grid))
         if self.predict == "permutation":

@@ -80,6 +80,47 @@ def test_reordering_tiles_by_the_permutation_recovers_the_grid(crop: str) -> Non
         assert tops[0] < tops[1] < tops[2]
 
 
+@pytest.mark.parametrize("gap", [0, 2])
+def test_space_time_pieces_are_cells_of_time_segments(gap: int) -> None:
+    video = torch.rand(2, 3, 9, 24, 24, generator=torch.Generator().manual_seed(0))
+    perms = max_hamming_permutations(12, num_tiles=8)
+    out = make_jigsaw_batch(video, perms, grid=2, clip_len=3, crop="none", time_segments=2, segment_gap=gap,
+                            channel_jitter=1, generator=torch.Generator().manual_seed(1))
+    assert out.tiles.shape[:4] == (2, 8, 3, 3) and out.top.shape == (2, 4, 3)
+    assert torch.equal(perms[out.label], out.permutation)
+    th, tw = out.tiles.shape[-2:]
+    for b in range(2):
+        start = int(out.start[b])
+        assert 0 <= start <= 9 - (6 + gap)
+        ordered = out.tiles[b, out.permutation[b].argsort()]
+        for piece in range(8):
+            seg, cell = divmod(piece, 4)
+            first = start + seg * (3 + gap)
+            for c in range(3):
+                t, lf = int(out.top[b, cell, c]), int(out.left[b, cell, c])
+                want = video[b, c, first : first + 3, t : t + th, lf : lf + tw]
+                assert torch.equal(ordered[piece, c], want), (b, piece, c)
+    with pytest.raises(ValueError, match="time_segments >= 1 and segment_gap >= 0"):
+        make_jigsaw_batch(video, None, time_segments=0)
+    with pytest.raises(ValueError, match=r"expected shape \(P 8\)"):
+        make_jigsaw_batch(video, max_hamming_permutations(5), grid=2, time_segments=2)
+
+
+def test_space_time_task_needs_its_window_and_fits_the_permutation_limit() -> None:
+    enc = r3d_tiny(width=4)
+    task = JigsawTask(num_permutations=24, grid=2, clip_len=2, time_segments=2, segment_gap=1, hidden=8)
+    assert task.num_tiles == 8 and task.window == 5 and task.requires.min_frames == 5
+    assert task.permutations.shape == (24, 8)
+    task.build(enc.spec)
+    out = task({"video": torch.rand(2, 3, 5, 32, 32)}, enc, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match=r"JigsawTask \(2 segments of 2 frames, gap 1\): video has T=4 frames"):
+        task({"video": torch.rand(2, 3, 4, 32, 32)}, enc)
+    with pytest.raises(ValueError, match="time_segments \\* grid\\*\\*2 <= 10"):
+        JigsawTask(grid=3, time_segments=2)
+    JigsawTask(num_permutations=None, predict="positions", grid=3, time_segments=2)  # no set: any size
+
+
 def test_uniform_permutations_and_colour_handling() -> None:
     video = torch.rand(16, 3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     out = make_jigsaw_batch(video, None, gray_p=0.5, channel_drop_p=0.5, generator=torch.Generator().manual_seed(2))
