@@ -196,9 +196,9 @@ class ProbeProtocol(Protocol):
             loader = DataLoader(train, batch_size=self.batch_size)
             if self.bn_recalibrate:
                 recalibrate_batchnorm(encoder, loader)
-            feature_kw = dict(pool=self.pool, stage=self.stage)
-            train_x, train_y = extract_features(encoder, loader, **feature_kw)  # type: ignore[arg-type]
-            test_x, test_y = extract_features(encoder, DataLoader(test, batch_size=self.batch_size), **feature_kw)  # type: ignore[arg-type]
+            train_x, train_y = extract_features(encoder, loader, pool=self.pool, stage=self.stage)
+            test_loader = DataLoader(test, batch_size=self.batch_size)
+            test_x, test_y = extract_features(encoder, test_loader, pool=self.pool, stage=self.stage)
             knn = knn_classify(train_x, train_y, test_x, k=self.k, temperature=self.temperature, num_classes=num_classes)
             linear = linear_probe(train_x, train_y, test_x, test_y, epochs=self.epochs, weight_decay=self.weight_decay,
                                   num_classes=num_classes, seed=self.seed)
