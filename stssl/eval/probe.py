@@ -80,7 +80,8 @@ def extract_features(
     Args:
         encoder: any :class:`~stssl.encoders.Encoder`.
         loader: yields dicts with ``video`` ``(B, C, T, H, W)`` and ``label`` ``(B,)``.
-        pool: ``"mean"``: the encoder's ``pooled`` ``(B, D)``; ``"grid2"``: the dense map averaged over time and
+        pool: ``"mean"``: the global average of the ``stage``'s map ``(B, D)`` (the encoder's ``pooled`` for the
+            last); ``"grid2"``: that map averaged over time and
             over each cell of a 2x2 spatial grid, concatenated ``(B, 4 D)`` (keeps coarse layout, e.g. where in
             the image things move).
         stage: which level of the encoder's ``pyramid`` to pool (``-1``, the default: the last, ``dense``).

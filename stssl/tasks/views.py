@@ -251,6 +251,8 @@ class TemporalViews(nn.Module):
         start = (frames - self.view_len) // 2
         clip = video[:, :, start : start + self.view_len]
         if self.size is not None and tuple(clip.shape[-2:]) != self.size:
+            # crop, then resize (not ClipResize's resize-then-crop): no pixel from the cropped-off sides bleeds
+            # into the border through the antialiasing filter
             H, W = int(clip.shape[-2]), int(clip.shape[-1])
             h, w = min(H, round(W * self.size[0] / self.size[1])), min(W, round(H * self.size[1] / self.size[0]))
             top, left = (H - h) // 2, (W - w) // 2
