@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Every world evaluation of one encoder: probe, segmentation, detection, label propagation; then one table.
+"""Every world evaluation of one encoder: probe, dense probe, segmentation, detection, label propagation; one table.
 
 Runs ``stssl-eval`` once per protocol config (``configs/eval/<protocol>_world.yaml``) for a checkpoint's encoder
 (``--checkpoint``) or a random init (``--encoder NAME --seed S``), each into ``<out>/<protocol>/``, and gives the
-dense protocols the temporal context the encoder needs: the clip length of segmentation and detection and the
-propagation context are ``--frames`` (default: 1 for a per-frame 2D encoder, the reference clip length of a video
+dense protocols the temporal context the encoder needs: the clip length of the dense probe, segmentation and
+detection and the propagation context are ``--frames`` (default: 1 for a per-frame 2D encoder, the reference clip length of a video
 ViT, 4 for other video encoders). Checkpoint runs use ``--baseline false`` unless ``--baseline`` is given (score
 random inits once per architecture, as separate runs: ``--encoder NAME --seed S``). Then
 ``tools/eval_table.py`` over every run directory under the given roots prints the table.
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTOCOLS = ("probe", "segmentation", "detection", "propagation")
+PROTOCOLS = ("probe", "dense_probe", "segmentation", "detection", "propagation")
 
 
 def default_frames(encoder: object) -> int:
@@ -80,6 +80,7 @@ def commands(
         raise ValueError(f"eval_suite: --frames must be >= 1, got {frames}")
     per_protocol = {
         "probe": ["--baseline_seeds=[]"],
+        "dense_probe": ["--baseline_seeds=[]", f"--protocol.init_args.clip_len={frames}"],
         "segmentation": [f"--protocol.init_args.label_fractions={seg_fractions}", f"--protocol.init_args.clip_len={frames}"],
         "detection": [f"--protocol.init_args.label_fractions={det_fractions}", f"--protocol.init_args.clip_len={frames}"],
         "propagation": [f"--protocol.init_args.context={frames}"],

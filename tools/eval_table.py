@@ -2,8 +2,8 @@
 """One comparison table from many ``stssl-eval`` runs: a row per encoder (each checkpoint's ``pretrained`` encoder,
 and each distinct ``scratch`` baseline), a column per protocol metric. JSON and Markdown out.
 
-Reads the ``metrics.json`` of every run directory given (any protocol: probe, segmentation, detection,
-propagation, finetune, depth_pose) and keys each run by its checkpoint. Give names to checkpoints with
+Reads the ``metrics.json`` of every run directory given (any protocol: probe, dense_probe, segmentation,
+detection, propagation, finetune, depth_pose) and keys each run by its checkpoint. Give names to checkpoints with
 ``--name NAME=CHECKPOINT`` (default: the checkpoint's run folder, e.g. ``vcop_tiny``). Scratch rows are keyed by
 the encoder architecture ``stssl-eval`` records (``scratch (ResNet3D, 0.12M parameters, dim 128)``), so every
 checkpoint of one architecture shares its scratch rows; runs with ``baseline: false`` add none. Random inits of
@@ -15,7 +15,7 @@ with those, not with one init.
     stssl-eval --config configs/eval/segmentation_world.yaml --checkpoint ... --output_dir ev/seg_vcop
     python tools/eval_table.py ev/* --name vcop=runs/vcop/.../last.ckpt --json ev/table.json --markdown ev/table.md
 
-Columns: ``knn``, ``linear`` (probe), ``seg@<fraction>`` (mIoU), ``det@<fraction>`` (COCO mAP), ``jf``
+Columns: ``knn``, ``linear`` (probe), ``dense_knn``, ``dense_linear`` (dense probe mIoU), ``seg@<fraction>`` (mIoU), ``det@<fraction>`` (COCO mAP), ``jf``
 (propagation), ``ft`` (fine-tuning accuracy), ``abs_rel`` / ``ate`` (depth and pose); missing cells are empty.
 """
 
@@ -41,6 +41,8 @@ def metric_cells(protocol: str, result: dict[str, Any]) -> Row:
     """
     if protocol == "probe":
         return {"knn": result["knn_acc"], "linear": result["linear_acc"]}
+    if protocol == "dense_probe":
+        return {"dense_knn": result["knn"]["miou"], "dense_linear": result["linear"]["miou"]}
     if protocol == "segmentation":
         return {f"seg@{frac}": cell["miou"] for frac, cell in result.items() if isinstance(cell, dict)}
     if protocol == "detection":
@@ -52,8 +54,8 @@ def metric_cells(protocol: str, result: dict[str, Any]) -> Row:
         return accs or ({"ft": result["acc"]} if "acc" in result else {})
     if protocol == "depth_pose":
         return {column: result[key] for column, key in (("abs_rel", "depth/abs_rel"), ("ate", "pose/ate")) if key in result}
-    raise ValueError(f"eval_table: unknown protocol {protocol!r} (known: probe, segmentation, detection, "
-                     "propagation, finetune, depth_pose)")
+    raise ValueError(f"eval_table: unknown protocol {protocol!r} (known: probe, dense_probe, segmentation, "
+                     "detection, propagation, finetune, depth_pose)")
 
 
 def _checkpoint_name(checkpoint: str | None, names: dict[str, str]) -> str:

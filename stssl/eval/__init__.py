@@ -13,6 +13,7 @@ from stssl.eval.depth_pose import (
 from stssl.eval.metrics import depth_metrics, snippet_ate
 from stssl.eval.probe import (
     extract_features,
+    fit_linear_classifier,
     knn_accuracy,
     knn_classify,
     linear_probe,
@@ -41,6 +42,7 @@ __all__ = [
     "ego_motion_labels",
     "evaluate_scene",
     "extract_features",
+    "fit_linear_classifier",
     "j_and_f",
     "knn_accuracy",
     "knn_classify",

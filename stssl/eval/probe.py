@@ -6,7 +6,8 @@ so accuracy above a random-init encoder's is what the pretraining contributed.
 - :func:`extract_features`: ``(N, D)`` features and ``(N,)`` labels from a loader of clip batches.
 - :func:`knn_classify` / :func:`knn_accuracy`: cosine-similarity kNN with temperature-weighted votes
   (Wu et al. 2018, "Unsupervised feature learning via non-parametric instance discrimination"; the DINO protocol).
-- :func:`linear_probe`: a linear layer on standardised features, trained full batch with L-BFGS (deterministic).
+- :func:`linear_probe`: a linear layer on standardised features, trained full batch with L-BFGS (deterministic);
+  :func:`fit_linear_classifier` returns the fitted layer (:class:`LinearClassifier`) to apply elsewhere.
 - :func:`mean_class_accuracy`: accuracy averaged over classes (robust to imbalanced test sets).
 - :func:`load_encoder_from_checkpoint`: the trained encoder of an ``stssl-train`` checkpoint.
 - :func:`pretraining_world`: which built-in world scenes a checkpoint was pretrained on (to keep test scenes out).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,9 @@ from stssl.encoders.base import Encoder
 
 __all__ = [
     "POOLS",
+    "LinearClassifier",
     "extract_features",
+    "fit_linear_classifier",
     "knn_accuracy",
     "knn_classify",
     "linear_probe",
@@ -284,11 +288,39 @@ def mean_class_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: i
     return sum(accs) / len(accs) if accs else float("nan")
 
 
-def linear_probe(
+@dataclass(frozen=True)
+class LinearClassifier:
+    """A fitted linear probe (:func:`fit_linear_classifier`): ``logits(x) = ((x - mean) / std) W^T + b``.
+
+    ``mean`` / ``std`` are the train features' statistics (``None`` without standardisation). The map is affine per
+    feature vector, so on a dense map it commutes with bilinear resizing (whose weights sum to 1): the logits of
+    upsampled features equal the upsampled logits, which :mod:`stssl.eval.dense_probe` relies on.
+    """
+
+    weight: torch.Tensor  # (K, D)
+    bias: torch.Tensor  # (K,)
+    mean: torch.Tensor | None  # (D,)
+    std: torch.Tensor | None  # (D,)
+    loss: float  # the final train objective
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` features -> ``(..., K)`` class scores (on the classifier's device)."""
+        x = x.to(self.weight.device).float()
+        if self.mean is not None and self.std is not None:
+            x = (x - self.mean) / self.std
+        return F.linear(x, self.weight, self.bias)
+
+    @torch.no_grad()
+    def logits_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D, h, w)`` feature maps -> ``(B, K, h, w)`` class-score maps."""
+        check_shape(x, "B D h w", {"D": self.weight.shape[1]}, name="LinearClassifier.logits_map: x")
+        return self.logits(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def fit_linear_classifier(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
     *,
     epochs: int = 100,
     lr: float = 1.0,
@@ -296,49 +328,39 @@ def linear_probe(
     standardize: bool = True,
     num_classes: int | None = None,
     seed: int = 0,
-) -> dict[str, float]:
+) -> LinearClassifier:
     """Multinomial logistic regression on frozen features: full-batch L-BFGS, deterministic for a ``seed``.
 
-    Features are standardised with the *train* mean and standard deviation (so the test set never leaks into
-    the probe). The loss is cross-entropy plus ``weight_decay / 2 * ||W||^2`` on the weights (not the bias); the
-    problem is convex, so the result hardly depends on the seeded initialisation.
+    Features are standardised with the *train* mean and standard deviation (kept in the result, so test features
+    never leak into the probe). The loss is cross-entropy plus ``weight_decay / 2 * ||W||^2`` on the weights (not
+    the bias); the problem is convex, so the result hardly depends on the seeded initialisation.
 
     Args:
         train_x: ``(N, D)`` train features.
         train_y: ``(N,)`` int labels in ``[0, K)``.
-        test_x: ``(M, D)`` test features.
-        test_y: ``(M,)`` int labels.
         epochs: L-BFGS iterations (each one full batch, with a strong-Wolfe line search).
         lr: L-BFGS step scale (1 is the natural step with a line search).
         weight_decay: L2 penalty on the weights.
         standardize: standardise features with the train statistics first.
-        num_classes: ``K`` (default ``max(train_y, test_y) + 1``).
+        num_classes: ``K`` (default ``max(train_y) + 1``).
         seed: seeds the initial weights.
-
-    Returns:
-        ``{"acc": test accuracy, "mean_class_acc": test accuracy averaged over classes, "train_acc": ...,
-        "loss": final train objective}``.
     """
-    sizes = check_shape(train_x, "N D", name="linear_probe: train_x")
-    check_shape(train_y, "N", sizes, name="linear_probe: train_y")
-    check_shape(test_x, "M D", sizes, name="linear_probe: test_x")
-    check_shape(test_y, "M", sizes, name="linear_probe: test_y")
+    sizes = check_shape(train_x, "N D", name="fit_linear_classifier: train_x")
+    check_shape(train_y, "N", sizes, name="fit_linear_classifier: train_y")
     if len(train_x) == 0:
-        raise ValueError("linear_probe: train_x is empty")
+        raise ValueError("fit_linear_classifier: train_x is empty")
     if epochs < 1:
-        raise ValueError(f"linear_probe: epochs must be >= 1, got {epochs}")
+        raise ValueError(f"fit_linear_classifier: epochs must be >= 1, got {epochs}")
     if weight_decay < 0:
-        raise ValueError(f"linear_probe: weight_decay must be >= 0, got {weight_decay}")
-    if num_classes is None:
-        num_classes = int(torch.cat([train_y.reshape(-1), test_y.reshape(-1)]).max()) + 1
-    num_k = _num_classes(train_y, num_classes, "linear_probe: train_y")
+        raise ValueError(f"fit_linear_classifier: weight_decay must be >= 0, got {weight_decay}")
+    num_k = _num_classes(train_y, num_classes, "fit_linear_classifier: train_y")
     device = train_x.device
-    xtr, xte = train_x.float(), test_x.float().to(device)
-    ytr, yte = train_y.to(device, torch.int64), test_y.to(device, torch.int64)
+    xtr, ytr = train_x.float(), train_y.to(device, torch.int64)
+    mean = std = None
     if standardize:
-        mean = xtr.mean(dim=0, keepdim=True)
-        std = xtr.std(dim=0, unbiased=False, keepdim=True).clamp_min(1e-6)
-        xtr, xte = (xtr - mean) / std, (xte - mean) / std
+        mean = xtr.mean(dim=0)
+        std = xtr.std(dim=0, unbiased=False).clamp_min(1e-6)
+        xtr = (xtr - mean) / std
     gen = torch.Generator().manual_seed(seed)
     weight = (torch.randn(num_k, xtr.shape[1], generator=gen) * 0.01).to(device).requires_grad_(True)
     bias = torch.zeros(num_k, device=device, requires_grad=True)
@@ -360,13 +382,52 @@ def linear_probe(
         optimizer.step(closure)
     with torch.no_grad():
         loss = float(objective())
-        pred_tr = F.linear(xtr, weight, bias).argmax(dim=1)
-        pred_te = F.linear(xte, weight, bias).argmax(dim=1)
+    return LinearClassifier(weight.detach(), bias.detach(), mean, std, loss)
+
+
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    epochs: int = 100,
+    lr: float = 1.0,
+    weight_decay: float = 1e-3,
+    standardize: bool = True,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fit :func:`fit_linear_classifier` on ``(train_x, train_y)`` and score it on ``(test_x, test_y)``.
+
+    Args:
+        train_x / train_y: ``(N, D)`` features, ``(N,)`` int labels in ``[0, K)``.
+        test_x / test_y: ``(M, D)`` features, ``(M,)`` int labels.
+        epochs / lr / weight_decay / standardize / seed: see :func:`fit_linear_classifier`.
+        num_classes: ``K`` (default ``max(train_y, test_y) + 1``).
+
+    Returns:
+        ``{"acc": test accuracy, "mean_class_acc": test accuracy averaged over classes, "train_acc": ...,
+        "loss": final train objective}``.
+    """
+    sizes = check_shape(train_x, "N D", name="linear_probe: train_x")
+    check_shape(train_y, "N", sizes, name="linear_probe: train_y")
+    check_shape(test_x, "M D", sizes, name="linear_probe: test_x")
+    check_shape(test_y, "M", sizes, name="linear_probe: test_y")
+    if len(train_x) == 0:
+        raise ValueError("linear_probe: train_x is empty")
+    if num_classes is None:
+        num_classes = int(torch.cat([train_y.reshape(-1), test_y.reshape(-1)]).max()) + 1
+    probe = fit_linear_classifier(train_x, train_y, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                  standardize=standardize, num_classes=num_classes, seed=seed)
+    yte = test_y.to(probe.weight.device, torch.int64)
+    pred_tr = probe.logits(train_x).argmax(dim=1)
+    pred_te = probe.logits(test_x).argmax(dim=1)
     return {
         "acc": float((pred_te == yte).float().mean()) if len(yte) else float("nan"),
-        "mean_class_acc": mean_class_accuracy(pred_te, yte, num_k) if len(yte) else float("nan"),
-        "train_acc": float((pred_tr == ytr).float().mean()),
-        "loss": loss,
+        "mean_class_acc": mean_class_accuracy(pred_te, yte, num_classes) if len(yte) else float("nan"),
+        "train_acc": float((pred_tr == train_y.to(pred_tr.device, torch.int64)).float().mean()),
+        "loss": probe.loss,
     }
 
 

@@ -7,6 +7,8 @@ one head per factory and label fraction, so pretrained and scratch see the same 
 
 - :class:`ProbeProtocol`: frozen kNN + linear probe on the world ego-motion task (:mod:`stssl.eval.world_tasks`) or
   class-per-folder video sets.
+- :class:`~stssl.eval.dense_probe.DenseProbeProtocol`: frozen per-pixel linear + kNN segmentation probes of one
+  pyramid stage (mIoU), on world scenes or a Cityscapes-style tree.
 - :class:`FinetuneProtocol`: full fine-tuning (encoder + linear layer) on the same clip sets at label fractions.
 - :class:`SegmentationProtocol`: semantic segmentation transfer (:class:`~stssl.modules.dense_transfer.
   SegmentationTransfer`) on world scenes or a Cityscapes-style tree, at several label fractions: mIoU per fraction

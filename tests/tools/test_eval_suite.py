@@ -24,6 +24,8 @@ def test_commands_give_each_protocol_its_frames_and_source(load_tool: Callable[[
     assert "--protocol.init_args.clip_len=4" in cmds["detection"]
     assert "--protocol.init_args.label_fractions=[1.0]" in cmds["detection"]
     assert "--protocol.init_args.context=4" in cmds["propagation"] and "--baseline_seeds=[]" in cmds["probe"]
+    assert cmds["dense_probe"][:4] == ["--config", "configs/eval/dense_probe_world.yaml", "--baseline_seeds=[]",
+                                       "--protocol.init_args.clip_len=4"]
     assert all(c[-4:] == ["--encoder.name", "r3d_tiny", "--seed", "2"] for c in cmds.values())
     assert cmds["probe"][cmds["probe"].index("--output_dir") + 1] == str(Path("ev/probe"))
     with_ckpt = tool.commands(["probe"], Path("ev"), 1, checkpoint="a.ckpt", baseline=True)

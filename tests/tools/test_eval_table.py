@@ -108,3 +108,5 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, load_tool: Callable[[str], 
         tool.collect([a, b])
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         tool.metric_cells("nope", {})
+    dense = {"stage": 1, "linear": {"miou": 0.4, "pixel_accuracy": 0.8}, "knn": {"miou": 0.45}}
+    assert tool.metric_cells("dense_probe", dense) == {"dense_knn": 0.45, "dense_linear": 0.4}
