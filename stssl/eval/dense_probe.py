@@ -16,7 +16,7 @@ How it scores (:class:`DenseProbeProtocol`):
    Test logits are computed on the feature grid and bilinearly upsampled to the mask — exactly the logits of the
    upsampled features, because the standardised linear map is affine and bilinear weights sum to 1 — and every
    test pixel is scored (mIoU, pixel accuracy, per-class IoU; :class:`~stssl.eval.segmentation.SegmentationMeter`).
-4. kNN: the first ``knn_train_pixels`` of the train sample vote (cosine, ``k``, temperature) for
+4. kNN: ``knn_train_pixels`` random train pixels (a draw of their own) vote (cosine, ``k``, temperature) for
    ``knn_test_pixels`` random test pixels (an unbiased sample of the test confusion matrix; scoring every pixel
    would cost ``test pixels x train pixels x D``).
 
@@ -141,12 +141,12 @@ class DenseProbeProtocol(Protocol):
         size: ``(H, W)`` of the frames and masks (masks by nearest neighbour).
         clip_len / frame_stride: frames per clip, the labelled frame last (1 for frame encoders; a 3D CNN's
             context, e.g. 4).
-        frame_step: every how many world frames one is labelled (train and test; consecutive frames are near
-            copies).
+        frame_step: every how many world frames one is labelled, in train and test scenes (consecutive frames
+            are near copies; a Cityscapes tree serves its annotated images).
         stage: the pyramid level probed (``None``: the one whose spatial stride is closest to 8; negative counts
             from the last).
         train_pixels: pixels drawn from the train masks to fit the linear probe.
-        knn_train_pixels / knn_test_pixels: the kNN's reference pixels (the first of the train draw) and the test
+        knn_train_pixels / knn_test_pixels: the kNN's reference pixels (drawn from the train masks) and the test
             pixels it scores.
         k / temperature: kNN votes.
         epochs / weight_decay: the linear probe's L-BFGS iterations and L2.
@@ -247,10 +247,12 @@ class DenseProbeProtocol(Protocol):
                 logits = probe.logits_map(test_maps[start : start + self.batch_size])
                 up = F.interpolate(logits, size=tuple(test_masks.shape[-2:]), mode="bilinear", align_corners=False)
                 linear.update(up.argmax(1).cpu(), test_masks[start : start + self.batch_size])
+            refs = sample_pixels(train_masks, self.knn_train_pixels, ignore_index=self.ignore_index,
+                                 seed=self.seed + 1)
             queries = sample_pixels(test_masks, self.knn_test_pixels, ignore_index=self.ignore_index,
-                                    seed=self.seed + 1)
-            refs = slice(0, self.knn_train_pixels)
-            pred = knn_classify(x[refs], y[refs], pixel_features(test_maps, test_masks.shape[-2:], *queries),
+                                    seed=self.seed + 2)
+            pred = knn_classify(pixel_features(train_maps, size, *refs), train_masks[refs],
+                                pixel_features(test_maps, test_masks.shape[-2:], *queries),
                                 k=self.k, temperature=self.temperature, num_classes=num_classes)
             knn = SegmentationMeter(num_classes, self.ignore_index, classes)
             knn.update(pred.cpu(), test_masks[queries])

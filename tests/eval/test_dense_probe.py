@@ -91,14 +91,15 @@ def _oracle(protocol: DenseProbeProtocol, stride: int) -> type[Encoder]:
 
 
 def test_an_oracle_encoder_scores_one_and_a_random_one_less(tmp_path: Path) -> None:
-    protocol = DenseProbeProtocol(_split(tmp_path / "worlds"), size=(32, 96), frame_step=2, train_pixels=3000,
-                                  knn_train_pixels=2000, knn_test_pixels=1500, epochs=50, bn_recalibrate=False)
+    # every train pixel (3 frames of 32x96) in both probes: lane marking covers 3 of them
+    protocol = DenseProbeProtocol(_split(tmp_path / "worlds"), size=(32, 96), frame_step=2, train_pixels=10000,
+                                  knn_train_pixels=10000, knn_test_pixels=1500, epochs=50, bn_recalibrate=False)
     result = protocol.run({"oracle": _oracle(protocol, 1), "coarse": _oracle(protocol, 4),
                            "random": lambda: build_encoder("resnet18_2d_tiny")}, tmp_path)
     assert result["train_frames"] == 3 and result["test_frames"] == 3 and "road" in result["classes"]
     oracle = result["oracle"]
     assert oracle["linear"]["miou"] == pytest.approx(1.0) and oracle["knn"]["miou"] == pytest.approx(1.0)
-    assert oracle["train_pixels"] == 3000 and oracle["knn_test_pixels"] == 1500 and oracle["feature_size"] == [32, 96]
+    assert oracle["train_pixels"] == 3 * 32 * 96 and oracle["knn_test_pixels"] == 1500 and oracle["feature_size"] == [32, 96]
     coarse = result["coarse"]  # 8x24 cells: edges blur, the layout stays
     assert coarse["feature_size"] == [8, 24] and 0.5 < coarse["linear"]["pixel_accuracy"] < 1.0
     rand = result["random"]
