@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
-from stssl.eval.protocols import EncoderFactory, Protocol, WorldSplit
+from stssl.eval.protocols import EncoderFactory, Protocol, WorldSplit, stride8_stage
 
 __all__ = ["DenseProbeProtocol", "frame_feature_maps", "pixel_features", "sample_pixels"]
 
@@ -209,12 +209,6 @@ class DenseProbeProtocol(Protocol):
             return CityscapesClips(self.cityscapes_root, {"train": "train", "test": "val"}[split], **kwargs)
         return SemanticClips(self.split.scenes(split), frames=range(0, self.split.frames, self.frame_step), **kwargs)
 
-    def _stage(self, encoder: Encoder) -> int:
-        if self.stage is not None:
-            return self.stage
-        strides = encoder.spec.strides
-        return min(range(len(strides)), key=lambda i: abs(strides[i][1] - 8))
-
     def run(self, encoders: dict[str, EncoderFactory], out_dir: Path) -> dict[str, Any]:
         from stssl.eval.probe import fit_linear_classifier, knn_classify, recalibrate_batchnorm
         from stssl.eval.segmentation import SegmentationMeter
@@ -229,7 +223,7 @@ class DenseProbeProtocol(Protocol):
                                   "input_size": list(self.size), "clip_len": self.clip_len, **source}
         for name, make in encoders.items():
             encoder = make()
-            stage = self._stage(encoder)
+            stage = stride8_stage(encoder) if self.stage is None else self.stage
             train_loader = DataLoader(train, batch_size=self.batch_size)
             if self.bn_recalibrate:
                 recalibrate_batchnorm(encoder, ({"video": self._normalized(b["video"])} for b in train_loader))

@@ -54,6 +54,7 @@ __all__ = [
     "clip_classification_sets",
     "dense_frame_features",
     "loss_summary",
+    "stride8_stage",
     "plot_metric_curve",
 ]
 
@@ -595,6 +596,13 @@ def plot_metric_curve(result: dict[str, Any], path: Path, names: Sequence[str], 
 # --------------------------------------------------------------------------------------------- propagation
 
 
+def stride8_stage(encoder: Encoder) -> int:
+    """The pyramid stage whose spatial stride is closest to 8: the default level of the dense frozen-feature
+    protocols (label propagation, the dense probe), fine enough for masks yet past the first layers."""
+    strides = encoder.spec.strides
+    return min(range(len(strides)), key=lambda i: abs(strides[i][1] - 8))
+
+
 @torch.no_grad()
 def dense_frame_features(
     encoder: Encoder, video: torch.Tensor, *, stage: int | None = None, context: int = 1, batch_size: int = 8
@@ -614,7 +622,7 @@ def dense_frame_features(
     """
     spec = encoder.spec
     if stage is None:
-        stage = min(range(len(spec.strides)), key=lambda i: abs(spec.strides[i][1] - 8))
+        stage = stride8_stage(encoder)
     if not 0 <= stage < len(spec.channels):
         raise ValueError(f"dense_frame_features: stage {stage} out of range for {len(spec.channels)} pyramid stages")
     context = max(int(context), int(spec.min_frames))
