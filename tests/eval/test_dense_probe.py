@@ -138,3 +138,17 @@ def test_frame_feature_maps_errors_name_the_input() -> None:
         DenseProbeProtocol(train_pixels=0)
     with pytest.raises(ValueError, match="temperature"):
         DenseProbeProtocol(temperature=0.0)
+
+
+def test_a_cityscapes_tree_trains_and_scores_no_ignored_pixel(tmp_path: Path, eval_trees) -> None:
+    eval_trees.make_cityscapes(tmp_path / "cs", with_sequence=False, splits=("train", "val"))
+    protocol = DenseProbeProtocol(size=(16, 32), cityscapes_root=str(tmp_path / "cs"), stage=0, train_pixels=5000,
+                                  knn_train_pixels=500, knn_test_pixels=500, epochs=5)
+    train = protocol.data("train")
+    masks = torch.stack([train[i]["mask"] for i in range(len(train))])
+    assert len(train) == 2 and train.num_classes == 19 and bool((masks == 255).any())
+    result = protocol.run({"random": lambda: build_encoder("resnet18_2d_tiny")}, tmp_path)
+    assert result["cityscapes_root"] == str(tmp_path / "cs") and len(result["classes"]) == 19
+    kept = int((masks != 255).sum())
+    assert 0 < kept < masks.numel() and result["random"]["train_pixels"] == kept  # every pixel but the ignored
+    assert 0.0 <= result["random"]["linear"]["pixel_accuracy"] <= 1.0 and "iou/road" in result["random"]["knn"]
