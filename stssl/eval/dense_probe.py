@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from stssl.checks import check_shape
 from stssl.encoders.base import Encoder
+from stssl.eval.probe import pyramid_level, scaled_video
 from stssl.eval.protocols import EncoderFactory, Protocol, WorldSplit, stride8_stage
 
 __all__ = ["DenseProbeProtocol", "frame_feature_maps", "pixel_features", "sample_pixels"]
@@ -83,15 +84,8 @@ def frame_feature_maps(
             video = batch["video"]
             sizes = check_shape(video, "B C T H W", name=f"frame_feature_maps: batch {i} ['video']")
             check_shape(batch["mask"], "B H W", sizes, name=f"frame_feature_maps: batch {i} ['mask']")
-            video = video.to(device)
-            video = video.float().div_(255.0) if video.dtype == torch.uint8 else video.float()
-            if normalize is not None:
-                video = (video - normalize[0]) / normalize[1]
-            pyramid = encoder(video).pyramid
-            if not -len(pyramid) <= stage < len(pyramid):
-                raise ValueError(f"frame_feature_maps: stage {stage} but the encoder's pyramid has {len(pyramid)} "
-                                 f"levels (0..{len(pyramid) - 1}, or negative from the last)")
-            maps.append(pyramid[stage][:, :, -1].float().cpu())
+            pyramid = encoder(scaled_video(video.to(device), normalize)).pyramid
+            maps.append(pyramid_level(pyramid, stage, "frame_feature_maps")[:, :, -1].float().cpu())
             masks.append(torch.as_tensor(batch["mask"]).to(torch.int64).cpu())
     finally:
         encoder.train(was_training)
@@ -226,7 +220,7 @@ class DenseProbeProtocol(Protocol):
             stage = stride8_stage(encoder) if self.stage is None else self.stage
             train_loader = DataLoader(train, batch_size=self.batch_size)
             if self.bn_recalibrate:
-                recalibrate_batchnorm(encoder, ({"video": self._normalized(b["video"])} for b in train_loader))
+                recalibrate_batchnorm(encoder, train_loader, normalize=self.normalize)
             train_maps, train_masks = frame_feature_maps(encoder, train_loader, stage=stage, normalize=self.normalize)
             test_maps, test_masks = frame_feature_maps(encoder, DataLoader(test, batch_size=self.batch_size),
                                                        stage=stage, normalize=self.normalize)
@@ -260,9 +254,3 @@ class DenseProbeProtocol(Protocol):
                 "knn_test_pixels": len(pred),
             }
         return result
-
-    def _normalized(self, video: torch.Tensor) -> torch.Tensor:
-        if self.normalize is None:
-            return video
-        video = video.float().div(255.0) if video.dtype == torch.uint8 else video.float()
-        return (video - self.normalize[0]) / self.normalize[1]

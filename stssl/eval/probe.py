@@ -50,7 +50,9 @@ __all__ = [
     "load_encoder_from_checkpoint",
     "mean_class_accuracy",
     "pretraining_world",
+    "pyramid_level",
     "recalibrate_batchnorm",
+    "scaled_video",
 ]
 
 #: Feature pooling choices of :func:`extract_features`.
@@ -64,6 +66,28 @@ def _pool(out_dense: torch.Tensor, out_pooled: torch.Tensor, pool: str) -> torch
     frame = reduce(out_dense, "b d t h w -> b d h w", "mean")
     cells = F.adaptive_avg_pool2d(frame, (2, 2))
     return rearrange(cells, "b d gh gw -> b (gh gw d)")
+
+
+def scaled_video(video: torch.Tensor, normalize: tuple[float, float] | None = None) -> torch.Tensor:
+    """A clip batch as the encoder's float input: uint8 divided by 255 (float kept as is), then ``(x - mean) /
+    std`` with ``normalize = (mean, std)`` (the encoder's pretraining input), or unchanged with ``None``.
+
+    Example:
+        >>> scaled_video(torch.full((1, 3, 1, 2, 2), 255, dtype=torch.uint8), (0.5, 0.5)).unique().tolist()
+        [1.0]
+    """
+    video = video.float().div(255.0) if video.dtype == torch.uint8 else video.float()
+    return video if normalize is None else (video - normalize[0]) / normalize[1]
+
+
+def pyramid_level(pyramid: tuple[torch.Tensor, ...], stage: int, owner: str) -> torch.Tensor:
+    """``pyramid[stage]`` (negative counts from the last), or a ``ValueError`` naming ``owner``, the stage and the
+    levels there are."""
+    levels = len(pyramid)
+    if not -levels <= stage < levels:
+        raise ValueError(f"{owner}: stage {stage} but the encoder's pyramid has {levels} levels "
+                         f"(0..{levels - 1}, or negative from the last)")
+    return pyramid[stage]
 
 
 @torch.no_grad()
@@ -123,16 +147,8 @@ def extract_features(
                 raise ValueError(f"extract_features: batch {i} has no 'label' (keys {sorted(batch)}); probes need labels")
             video = batch["video"]
             check_shape(video, "B C T H W", name=f"extract_features: batch {i} ['video']")
-            video = video.to(device, non_blocking=True)
-            video = video.float().div_(255.0) if video.dtype == torch.uint8 else video.float()
-            out = encoder(video)
-            levels = len(out.pyramid)
-            if not -levels <= stage < levels:
-                raise ValueError(
-                    f"extract_features: stage {stage} but the encoder's pyramid has {levels} levels "
-                    f"(0..{levels - 1}, or negative from the last)"
-                )
-            dense = out.pyramid[stage]
+            out = encoder(scaled_video(video.to(device, non_blocking=True)))
+            dense = pyramid_level(out.pyramid, stage, "extract_features")
             pooled = out.pooled if dense is out.dense else reduce(dense, "b d t h w -> b d", "mean")
             feats.append(_pool(dense, pooled, pool).float().cpu())
             labels.append(torch.as_tensor(batch["label"]).reshape(-1).to(torch.int64).cpu())
@@ -153,6 +169,7 @@ def recalibrate_batchnorm(
     *,
     device: torch.device | str | None = None,
     max_batches: int | None = None,
+    normalize: tuple[float, float] | None = None,
 ) -> Encoder:
     """Recompute every BatchNorm layer's running statistics on ``loader`` (no weights change); returns ``encoder``.
 
@@ -167,6 +184,7 @@ def recalibrate_batchnorm(
         loader: yields dicts with ``video`` ``(B, C, T, H, W)`` (uint8 is divided by 255).
         device: where the encoder runs (default: the device of its parameters).
         max_batches: stop after this many batches (default: all).
+        normalize: ``(mean, std)`` of the encoder's pretraining input (:func:`scaled_video`), or ``None``.
     """
     layers = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not layers:
@@ -182,8 +200,7 @@ def recalibrate_batchnorm(
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            video = batch["video"].to(device, non_blocking=True)
-            encoder(video.float().div_(255.0) if video.dtype == torch.uint8 else video.float())
+            encoder(scaled_video(batch["video"].to(device, non_blocking=True), normalize))
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum

@@ -81,6 +81,7 @@ __all__ = [
     "hamming_stats",
     "make_jigsaw_batch",
     "max_hamming_permutations",
+    "puzzle_window",
 ]
 
 #: What :class:`JigsawTask` predicts: the permutation's index in the set, or every tile's original cell.
@@ -196,6 +197,19 @@ class JigsawBatch:
     color_mode: torch.Tensor
 
 
+def puzzle_window(clip_len: int, time_segments: int = 1, segment_gap: int = 1, owner: str = "puzzle_window") -> int:
+    """Frames a (space-time) puzzle spans: ``time_segments`` segments of ``clip_len`` frames with ``segment_gap``
+    frames left out between two of them.
+
+    Example:
+        >>> puzzle_window(4, time_segments=2, segment_gap=1), puzzle_window(3)
+        (9, 3)
+    """
+    if time_segments < 1 or segment_gap < 0:
+        raise ValueError(f"{owner}: need time_segments >= 1 and segment_gap >= 0, got {time_segments}, {segment_gap}")
+    return time_segments * clip_len + (time_segments - 1) * segment_gap
+
+
 def make_jigsaw_batch(
     video: torch.Tensor,
     permutations: torch.Tensor | None,
@@ -254,13 +268,11 @@ def make_jigsaw_batch(
     """
     owner = "make_jigsaw_batch"
     B = check_shape(video, "B C T H W", name=f"{owner} video")["B"]
-    if time_segments < 1 or segment_gap < 0:
-        raise ValueError(f"{owner}: need time_segments >= 1 and segment_gap >= 0, got {time_segments}, {segment_gap}")
+    window = puzzle_window(clip_len, time_segments, segment_gap, owner)
     cells = grid * grid
     K = cells * time_segments
     if permutations is not None:
         check_shape(permutations, f"P {K}", name=f"{owner} permutations")
-    window = time_segments * clip_len + (time_segments - 1) * segment_gap
     gp = cut_grid_patches(
         video, window, crop, grid, tile_frac, jitter, channel_jitter, generator=generator, owner=owner
     )
@@ -354,8 +366,7 @@ class JigsawTask(PretextTask):
         super().__init__(weight=weight, name=name, seed=seed)
         owner = "JigsawTask"
         self.predict = check_choice(owner, "predict", predict, PREDICT_MODES)
-        if time_segments < 1 or segment_gap < 0:
-            raise ValueError(f"{owner}: need time_segments >= 1 and segment_gap >= 0, got {time_segments}, {segment_gap}")
+        puzzle_window(clip_len, time_segments, segment_gap, owner)  # checks the time segments
         if grid < 2 or (grid * grid * time_segments > _MAX_TILES and num_permutations is not None):
             raise ValueError(
                 f"{owner}: grid must be >= 2, and time_segments * grid**2 <= {_MAX_TILES} with a permutation set, "
@@ -394,7 +405,7 @@ class JigsawTask(PretextTask):
     @property
     def window(self) -> int:
         """Frames a puzzle spans: ``time_segments * clip_len`` plus the gaps between segments."""
-        return self.time_segments * self.clip_len + (self.time_segments - 1) * self.segment_gap
+        return puzzle_window(self.clip_len, self.time_segments, self.segment_gap)
 
     @property
     def num_classes(self) -> int:
